@@ -1,0 +1,10 @@
+from dapr_agents import DurableAgent
+from dapr_agents.workflow.runners import AgentRunner
+
+runner = AgentRunner()
+agent = DurableAgent(name="Assistant", system_prompt="You are a helpful assistant")
+
+try:
+    runner.serve(agent, host="127.0.0.1", port=8001, entry_path="/run", status_path="/run/{instance_id}")
+finally:
+    runner.shutdown(agent)

@@ -1,0 +1,201 @@
+"""An OpenAI-compatible chat server whose answers are scripted.
+
+The tests point Dapr's real `conversation.openai` component at this server
+(through the component's `endpoint` field), so every run goes through the
+real sidecar while the test decides what the "model" answers, counts the
+calls, holds an answer back, or makes calls fail.
+
+It runs in a thread inside the test process (`ScriptedLLM().start()`) or as
+a process for demos:  python -m tools.scripted_llm --port 18080
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+DEFAULT_ANSWER = "Lines of logic flow,\nsilent thoughts in coded streams,\ndreams compile to life."
+
+# dapr-agents asks for a structured summary after each run; its prompt starts so.
+SUMMARY_PROMPT_PREFIX = "Summarize the following conversation"
+
+
+@dataclass
+class Call:
+    """One request the server received."""
+
+    messages: list[dict]
+    is_summary: bool
+    received_at: float
+    answered_status: int = 0
+
+
+@dataclass
+class _Script:
+    answers: list[str] = field(default_factory=list)
+    default_answer: str = DEFAULT_ANSWER
+    failures: list[int] = field(default_factory=list)  # HTTP codes for the next calls
+    delay_s: float = 0.0
+
+
+class ScriptedLLM:
+    """The server plus the knobs a test turns."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 18080) -> None:
+        self.host, self.port = host, port
+        self.calls: list[Call] = []
+        self._script = _Script()
+        self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = self._build_app()
+
+    # -- knobs -------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """The value for the component's `endpoint` field."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def reset(self, default_answer: str = DEFAULT_ANSWER) -> None:
+        with self._lock:
+            self.calls.clear()
+            self._script = _Script(default_answer=default_answer)
+        self._gate.set()
+
+    def answer_next(self, *answers: str) -> None:
+        """Queue answers for the next task calls (summary calls are separate)."""
+        with self._lock:
+            self._script.answers.extend(answers)
+
+    def fail_next(self, *status_codes: int) -> None:
+        """Make the next calls fail with these HTTP status codes, in order."""
+        with self._lock:
+            self._script.failures.extend(status_codes)
+
+    def set_delay(self, seconds: float) -> None:
+        with self._lock:
+            self._script.delay_s = seconds
+
+    def hold(self) -> None:
+        """Hold every answer until release(): a run stays mid-LLM-call."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def task_calls(self) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if not c.is_summary]
+
+    def calls_mentioning(self, text: str) -> list[Call]:
+        """Calls whose messages contain `text` (a task is identified by its words)."""
+        with self._lock:
+            return [c for c in self.calls if any(text in str(m.get("content")) for m in c.messages)]
+
+    # -- the OpenAI-compatible API -----------------------------------------
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="scripted LLM")
+
+        @app.get("/health")
+        def health() -> dict:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        def models() -> dict:
+            return {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "tests"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> JSONResponse:
+            body = await request.json()
+            messages = body.get("messages") or []
+            first_user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+            call = Call(
+                messages=messages,
+                is_summary=first_user.startswith(SUMMARY_PROMPT_PREFIX),
+                received_at=time.time(),
+            )
+            with self._lock:
+                self.calls.append(call)
+                failure = self._script.failures.pop(0) if self._script.failures else 0
+                delay = self._script.delay_s
+            # Wait outside the event loop so a held call does not block others.
+            await asyncio.to_thread(self._gate.wait)
+            if delay:
+                await asyncio.to_thread(time.sleep, delay)
+            if failure:
+                call.answered_status = failure
+                return JSONResponse(
+                    status_code=failure,
+                    content={"error": {"message": f"scripted failure {failure}", "type": "scripted"}},
+                )
+            if call.is_summary:
+                content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
+            else:
+                with self._lock:
+                    content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
+            call.answered_status = 200
+            return JSONResponse(_completion(body.get("model") or "scripted", content))
+
+        return app
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self, timeout_s: float = 10.0) -> "ScriptedLLM":
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="scripted-llm", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"scripted LLM did not start on {self.host}:{self.port} (port taken?)")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._gate.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _last_task(messages: list[dict]) -> str:
+    text = str(messages[-1].get("content", "")) if messages else ""
+    return text.split("user:", 1)[-1].split("\n", 1)[0].strip()[:200]
+
+
+def _completion(model: str, content: str) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18080)
+    args = parser.parse_args()
+    llm = ScriptedLLM(args.host, args.port)
+    uvicorn.run(llm.app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

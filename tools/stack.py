@@ -1,0 +1,480 @@
+"""The local Dapr stack, without Docker.
+
+`dapr init` would start Redis, placement, scheduler and Zipkin in Docker
+containers. This module starts the same services as plain processes on
+loopback, each in its own process group, with its log under `.stack/logs/`
+and its data under `.stack/data/`, and checks each one is healthy before
+anything depends on it. Everything it starts is recorded in `.stack/pids/`,
+so `stop` finds it again even after a crash.
+
+    python -m tools.stack up | down | status | run | serve
+
+`run` and `serve` start the stack, run one of the two scripts through
+`dapr run` with the README's flags, and stop everything afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("TDA_STATE_DIR", ROOT / ".stack"))
+LOG_DIR, PID_DIR, DATA_DIR = STATE_DIR / "logs", STATE_DIR / "pids", STATE_DIR / "data"
+RESOURCES_DIR = ROOT / "resources"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+DAPR_RUNTIME_VERSION = "1.18.2"
+DAPR_CLI_VERSION = "1.18.0"
+TDA_HOME = Path(os.environ.get("TDA_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tiny-durable-agent"))
+
+# Fixed ports, all on loopback. Placement and scheduler get health and
+# metrics ports of their own: the defaults (8080/9090) collide with each
+# other and with the sidecar's metrics port 9090 that the README uses.
+REDIS_PORT = 6379
+PLACEMENT_PORT, PLACEMENT_HEALTHZ_PORT, PLACEMENT_METRICS_PORT = 50005, 58080, 59090
+SCHEDULER_PORT, SCHEDULER_HEALTHZ_PORT, SCHEDULER_METRICS_PORT = 50006, 58081, 59091
+SCHEDULER_ETCD_CLIENT_PORT, SCHEDULER_ETCD_PEER_PORT = 52379, 52380
+
+# The two commands of the README, verbatim after `dapr run`.
+MINIMAL_APP = ["--app-id", "durable-agent-minimal", "--resources-path", "./resources",
+               "--", "python", "durable_agent_minimal.py"]
+SERVICE_APP = ["--app-id", "durable-agent-service", "--resources-path", "./resources", "-p", "8001",
+               "--log-level", "warn", "--metrics-port=9090", "--dapr-http-port=3500", "--enable-api-logging",
+               "--", "python", "durable_agent_service.py"]
+SERVICE_PORTS = {"app": 8001, "sidecar HTTP": 3500, "sidecar gRPC": 50001, "sidecar metrics": 9090}
+
+STARTUP_TIMEOUT_S = float(os.environ.get("TDA_STARTUP_TIMEOUT", "60"))
+STOP_TIMEOUT_S = 15.0
+
+
+class StackError(RuntimeError):
+    """A problem the user can fix; the message says how."""
+
+
+def say(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# Waiting and probing
+# --------------------------------------------------------------------------
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = STARTUP_TIMEOUT_S,
+               process: psutil.Process | None = None, log: Path | None = None) -> None:
+    """Poll `check` until it is true; raise if the deadline passes or `process` dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return
+        if process is not None and not _alive(process):
+            raise StackError(f"{what}: the process exited early.{_log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{what}: not ready after {timeout_s:.0f} s.{_log_tail(log)}")
+        time.sleep(0.1)
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def redis_ping(port: int = REDIS_PORT) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def port_holder(port: int) -> str:
+    """Who listens on `port`, as 'pid N (command line)', or a fallback text."""
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                with contextlib.suppress(psutil.Error):
+                    cmd = " ".join(psutil.Process(conn.pid).cmdline()) or psutil.Process(conn.pid).name()
+                    return f"pid {conn.pid} ({cmd[:120]})"
+                return f"pid {conn.pid}"
+    return "another process (run `ss -ltnp` to see which)"
+
+
+def require_free(ports: dict[str, int]) -> None:
+    taken = [f"  port {port} ({what}) is taken by {port_holder(port)}" for what, port in ports.items() if port_in_use(port)]
+    if taken:
+        raise StackError("cannot start: a port the stack needs is in use.\n" + "\n".join(taken)
+                         + "\n  Stop that process (a stack left behind by a crash: `make stop`), then try again.")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _log_tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n  last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail)
+
+
+# --------------------------------------------------------------------------
+# Processes we start: own process group, log file, pid file
+# --------------------------------------------------------------------------
+def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
+          log: Path | None = None) -> psutil.Process:
+    """Start `argv` in a new process group, output to its log, recorded under `name`."""
+    for directory in (LOG_DIR, PID_DIR):
+        directory.mkdir(parents=True, exist_ok=True)
+    log = log or LOG_DIR / f"{name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    process = psutil.Process(popen.pid)
+    # The creation time guards against killing an unrelated process that
+    # reused the pid after ours ended.
+    (PID_DIR / f"{name}.pid").write_text(f"{popen.pid} {process.create_time()}\n")
+    return process
+
+
+def recorded(name: str) -> psutil.Process | None:
+    """The live process recorded under `name`, if any."""
+    try:
+        pid_text, created = (PID_DIR / f"{name}.pid").read_text().split()
+        process = psutil.Process(int(pid_text))
+        if abs(process.create_time() - float(created)) < 0.01 and _alive(process):
+            return process
+    except (FileNotFoundError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def stop(name: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the process group recorded under `name`: SIGTERM, then SIGKILL."""
+    process = recorded(name)
+    (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
+    if process is None:
+        return False
+    stop_group(process, timeout_s)
+    return True
+
+
+def stop_group(process: psutil.Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group led by `process` (and any descendant that left it), then SIGKILL."""
+    try:
+        members = [process, *process.children(recursive=True)]
+        pgid = os.getpgid(process.pid)
+    except (psutil.Error, ProcessLookupError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            member.terminate()
+    _, alive = psutil.wait_procs(members, timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    for member in alive:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+# --------------------------------------------------------------------------
+# The Dapr runtime and CLI
+# --------------------------------------------------------------------------
+@dataclass
+class DaprRuntime:
+    cli: Path
+    runtime_path: Path | None  # parent of `.dapr`; None means the CLI's default (~/.dapr)
+    bin_dir: Path
+    origin: str
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment in which the README's `dapr` and `python` commands find our binaries."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), str(self.cli.parent), env.get("PATH", "")])
+        if self.runtime_path is not None:
+            env["DAPR_RUNTIME_PATH"] = str(self.runtime_path)
+        return env
+
+
+def _version_of(binary: Path) -> str:
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"(\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else ""
+
+
+def find_runtime() -> DaprRuntime:
+    """A `dapr init --slim` install of the same minor version, else our own build."""
+    minor = DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
+    home_bin = Path.home() / ".dapr" / "bin"
+    home_cli = shutil.which("dapr")
+    if (home_cli and all((home_bin / b).exists() for b in ("daprd", "placement", "scheduler"))
+            and _version_of(home_bin / "daprd").startswith(minor + ".")):
+        return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
+    prefix = TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}"
+    if (prefix / ".complete").exists():
+        return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
+                           f"Dapr {DAPR_RUNTIME_VERSION} built from source in {prefix}")
+    raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} is not installed. Run `make setup` "
+                     "(it builds it from the Go module proxy; a few minutes, once per machine).")
+
+
+# --------------------------------------------------------------------------
+# Which LLM the agent talks to
+# --------------------------------------------------------------------------
+@dataclass
+class LLMChoice:
+    name: str
+    resources: Path  # the directory passed as --resources-path
+    banner: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def choose_llm(env: dict[str, str]) -> LLMChoice:
+    """OpenAI with a key; an OpenAI-compatible endpoint with a base URL; Dapr's echo otherwise.
+
+    `resources/` holds the OpenAI provider, so the README's plain
+    `dapr run --resources-path ./resources` works with a key. For the two
+    other choices the same components are copied beside the matching
+    provider from `resources/llm/` (Dapr allows one conversation component
+    to be the default, so the others must not be loaded at all).
+    """
+    if env.get("OPENAI_BASE_URL"):
+        extra = {"OPENAI_MODEL": env.get("OPENAI_MODEL") or "gpt-4o-mini",
+                 # conversation.openai refuses an empty key, even for a keyless local server.
+                 "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or "unused"}
+        return LLMChoice("openai-compatible", _resources_with("openai-compatible"),
+                         f"LLM: OpenAI-compatible endpoint {env['OPENAI_BASE_URL']} "
+                         f"(model {extra['OPENAI_MODEL']})", extra)
+    if env.get("OPENAI_API_KEY"):
+        return LLMChoice("openai", RESOURCES_DIR, "LLM: OpenAI (key from OPENAI_API_KEY, via the secret store)")
+    return LLMChoice("echo", _resources_with("echo"),
+                     "LLM: none configured, so Dapr's conversation.echo answers: the agent ECHOES your "
+                     "prompt back. Set OPENAI_API_KEY (or OPENAI_BASE_URL) for a real model.")
+
+
+def _resources_with(provider: str) -> Path:
+    target = STATE_DIR / f"resources-{provider}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for source in RESOURCES_DIR.glob("*.yaml"):
+        if source.name != "llm-provider.yaml":
+            shutil.copy(source, target / source.name)
+    shutil.copy(RESOURCES_DIR / "llm" / f"{provider}.yaml", target / "llm-provider.yaml")
+    return target
+
+
+def dapr_run_argv(runtime: DaprRuntime, app: list[str], resources: Path) -> list[str]:
+    """`dapr run` with the README's flags, pointed at the chosen resources."""
+    argv = [str(runtime.cli), "run", *app]
+    argv[argv.index("./resources")] = str(resources)
+    return argv
+
+
+# --------------------------------------------------------------------------
+# The services
+# --------------------------------------------------------------------------
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ports: dict[str, int]
+    ready: Callable[[], bool]
+
+
+def services(runtime: DaprRuntime) -> list[Service]:
+    redis_server = shutil.which("redis-server") or "redis-server"
+    bin_dir = runtime.bin_dir
+    return [
+        Service("redis", [
+            redis_server, "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+            "--dir", str(DATA_DIR / "redis"), "--daemonize", "no",
+            # Every write is on disk before Redis acknowledges it, so a Redis
+            # restart loses nothing the agent was told was saved.
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        ], {"redis": REDIS_PORT}, redis_ping),
+        Service("placement", [
+            str(bin_dir / "placement"), "--port", str(PLACEMENT_PORT), "--listen-address", "127.0.0.1",
+            "--healthz-port", str(PLACEMENT_HEALTHZ_PORT), "--healthz-listen-address", "127.0.0.1",
+            "--metrics-port", str(PLACEMENT_METRICS_PORT), "--metrics-listen-address", "127.0.0.1",
+        ], {"placement": PLACEMENT_PORT, "placement health": PLACEMENT_HEALTHZ_PORT,
+            "placement metrics": PLACEMENT_METRICS_PORT},
+            lambda: http_ok(f"http://127.0.0.1:{PLACEMENT_HEALTHZ_PORT}/healthz")),
+        Service("scheduler", [
+            str(bin_dir / "scheduler"), "--port", str(SCHEDULER_PORT), "--listen-address", "127.0.0.1",
+            "--healthz-port", str(SCHEDULER_HEALTHZ_PORT), "--healthz-listen-address", "127.0.0.1",
+            "--metrics-port", str(SCHEDULER_METRICS_PORT), "--metrics-listen-address", "127.0.0.1",
+            "--etcd-data-dir", str(DATA_DIR / "scheduler"),
+            "--etcd-client-listen-address", "127.0.0.1",
+            "--etcd-client-port", str(SCHEDULER_ETCD_CLIENT_PORT),
+            "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{SCHEDULER_ETCD_PEER_PORT}",
+        ], {"scheduler": SCHEDULER_PORT, "scheduler health": SCHEDULER_HEALTHZ_PORT,
+            "scheduler metrics": SCHEDULER_METRICS_PORT, "scheduler etcd": SCHEDULER_ETCD_CLIENT_PORT,
+            "scheduler etcd peer": SCHEDULER_ETCD_PEER_PORT},
+            lambda: http_ok(f"http://127.0.0.1:{SCHEDULER_HEALTHZ_PORT}/healthz")),
+    ]
+
+
+def up() -> DaprRuntime:
+    """Start every service that is not already running; wait until each is healthy."""
+    runtime = find_runtime()
+    say(f"runtime: {runtime.origin}")
+    started: list[str] = []
+    try:
+        for service in services(runtime):
+            if recorded(service.name) is not None and service.ready():
+                say(f"{service.name}: already running (started by this stack)")
+                continue
+            if service.name == "redis" and redis_ping():
+                say(f"redis: reusing the Redis already on 127.0.0.1:{REDIS_PORT}, {port_holder(REDIS_PORT)}")
+                continue
+            if service.name == "redis" and not shutil.which("redis-server"):
+                raise StackError("redis-server is not installed. Run `make setup` "
+                                 "(or install it: `apt-get install redis-server`, `brew install redis`).")
+            require_free(service.ports)
+            (DATA_DIR / service.name).mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            process = spawn(service.name, service.argv)
+            started.append(service.name)
+            wait_until(service.ready, f"{service.name} on 127.0.0.1:{next(iter(service.ports.values()))}",
+                       process=process, log=LOG_DIR / f"{service.name}.log")
+            say(f"{service.name}: ready on 127.0.0.1:{next(iter(service.ports.values()))} "
+                f"in {time.monotonic() - t0:.1f} s (log: {_rel(LOG_DIR / f'{service.name}.log')})")
+    except BaseException:
+        for name in reversed(started):
+            stop(name)
+        raise
+    return runtime
+
+
+def down() -> None:
+    """Stop everything this stack recorded, apps first, then services."""
+    names = sorted(p.stem for p in PID_DIR.glob("*.pid")) if PID_DIR.exists() else []
+    order = {"redis": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
+    for name in sorted(names, key=lambda n: order.get(n, 0)):
+        if stop(name):
+            say(f"{name}: stopped")
+
+
+def status() -> int:
+    names = sorted(p.stem for p in PID_DIR.glob("*.pid")) if PID_DIR.exists() else []
+    if not names:
+        say("nothing of this stack is running")
+    for name in names:
+        process = recorded(name)
+        state = f"running, pid {process.pid}" if process else "not running (stale record)"
+        say(f"{name:<24} {state:<24} log: {_rel(LOG_DIR / f'{name}.log')}")
+    return 0
+
+
+def _rel(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(ROOT))
+    return str(path)
+
+
+# --------------------------------------------------------------------------
+# run / serve: one of the README's `dapr run` commands, with the stack around it
+# --------------------------------------------------------------------------
+def run_app(app: list[str], name: str, foreground_log: bool) -> int:
+    """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop everything."""
+    runtime = up()
+    try:
+        llm = choose_llm(dict(os.environ))
+        say(llm.banner)
+        if name == "service":
+            require_free(SERVICE_PORTS)
+        argv = dapr_run_argv(runtime, app, llm.resources)
+        say("$ dapr run " + " ".join(app))
+        env = runtime.env() | llm.env
+        # Own process group, so Ctrl+C reaches us first and we stop the
+        # sidecar and app in order rather than racing them.
+        popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+                                 stdin=subprocess.DEVNULL)
+        PID_DIR.mkdir(parents=True, exist_ok=True)
+        (PID_DIR / f"{name}.pid").write_text(f"{popen.pid} {psutil.Process(popen.pid).create_time()}\n")
+        with _forward_signals(popen):
+            code = popen.wait()
+        return code
+    finally:
+        stop(name)
+        down()
+
+
+@contextlib.contextmanager
+def _forward_signals(popen: subprocess.Popen) -> Iterator[None]:
+    def forward(signum: int, _frame: object) -> None:
+        say("stopping (the sidecar finishes in-flight calls first)")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "run", "serve", "env"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up()
+            say("stack is up; `make stop` stops it")
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            return status()
+        elif args.command == "env":
+            # For your own shell: eval "$(python -m tools.stack env)"
+            runtime = find_runtime()
+            env = runtime.env()
+            print(f'export PATH="{env["PATH"]}"')
+            if "DAPR_RUNTIME_PATH" in env:
+                print(f'export DAPR_RUNTIME_PATH="{env["DAPR_RUNTIME_PATH"]}"')
+        elif args.command == "run":
+            return run_app(MINIMAL_APP, "minimal", foreground_log=True)
+        elif args.command == "serve":
+            return run_app(SERVICE_APP, "service", foreground_log=True)
+    except StackError as exc:
+        print(f"[stack] error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
