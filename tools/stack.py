@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -156,15 +157,16 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Pa
     with open(log, "wb") as out:
         popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-    process = psutil.Process(popen.pid)
-    # The creation time guards against killing an unrelated process that
-    # reused the pid after ours ended.
-    (PID_DIR / f"{name}.pid").write_text(f"{popen.pid} {process.create_time()}\n")
-    return process
+    _record(name, popen.pid)
+    return psutil.Process(popen.pid)
 
 
 def recorded(name: str) -> psutil.Process | None:
-    """The live process recorded under `name`, if any."""
+    """The live process recorded under `name`, if any.
+
+    The pid file also holds the creation time, which guards against
+    signalling an unrelated process that reused the pid after ours ended.
+    """
     try:
         pid_text, created = (PID_DIR / f"{name}.pid").read_text().split()
         process = psutil.Process(int(pid_text))
@@ -346,8 +348,12 @@ def services(runtime: DaprRuntime) -> list[Service]:
     ]
 
 
-def up() -> DaprRuntime:
-    """Start every service that is not already running; wait until each is healthy."""
+def up() -> tuple[DaprRuntime, list[str]]:
+    """Start every service that is not already running; wait until each is healthy.
+
+    Returns the runtime and the names of the services this call started, so
+    the caller stops exactly those and leaves a stack it found running alone.
+    """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
     started: list[str] = []
@@ -375,7 +381,7 @@ def up() -> DaprRuntime:
         for name in reversed(started):
             stop(name)
         raise
-    return runtime
+    return runtime, started
 
 
 def down() -> None:
@@ -407,29 +413,51 @@ def _rel(path: Path) -> str:
 # --------------------------------------------------------------------------
 # run / serve: one of the README's `dapr run` commands, with the stack around it
 # --------------------------------------------------------------------------
-def run_app(app: list[str], name: str, foreground_log: bool) -> int:
-    """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop everything."""
-    runtime = up()
+def service_ready() -> bool:
+    """The service answers, its sidecar is healthy and its topic subscription is live."""
+    if not (http_ok("http://127.0.0.1:3500/v1.0/healthz") and http_ok("http://127.0.0.1:8001/openapi.json")):
+        return False
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:3500/v1.0/metadata", timeout=2) as response:
+            metadata = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(sub.get("topic") == "assistant.topic" for sub in metadata.get("subscriptions") or [])
+
+
+def run_app(app: list[str], name: str) -> int:
+    """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop what we started."""
+    runtime, started = up()
     try:
         llm = choose_llm(dict(os.environ))
         say(llm.banner)
         if name == "service":
             require_free(SERVICE_PORTS)
-        argv = dapr_run_argv(runtime, app, llm.resources)
         say("$ dapr run " + " ".join(app))
-        env = runtime.env() | llm.env
         # Own process group, so Ctrl+C reaches us first and we stop the
-        # sidecar and app in order rather than racing them.
-        popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
-                                 stdin=subprocess.DEVNULL)
-        PID_DIR.mkdir(parents=True, exist_ok=True)
-        (PID_DIR / f"{name}.pid").write_text(f"{popen.pid} {psutil.Process(popen.pid).create_time()}\n")
+        # sidecar and the app in order instead of racing them.
+        popen = subprocess.Popen(dapr_run_argv(runtime, app, llm.resources), cwd=ROOT,
+                                 env=runtime.env() | llm.env, start_new_session=True, stdin=subprocess.DEVNULL)
+        _record(name, popen.pid)
         with _forward_signals(popen):
-            code = popen.wait()
-        return code
+            if name == "service":
+                with contextlib.suppress(StackError):
+                    wait_until(lambda: service_ready() or popen.poll() is not None, "the service")
+                if popen.poll() is None:
+                    say("ready. In another terminal: curl -i -X POST http://localhost:8001/run "
+                        "-H 'Content-Type: application/json' -d '{\"task\": \"Write a haiku about programming.\"}'")
+                    say("Ctrl+C stops the service and the whole stack.")
+            return popen.wait()
     finally:
         stop(name)
-        down()
+        for service in reversed(started):
+            if stop(service):
+                say(f"{service}: stopped")
+
+
+def _record(name: str, pid: int) -> None:
+    PID_DIR.mkdir(parents=True, exist_ok=True)
+    (PID_DIR / f"{name}.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
 
 
 @contextlib.contextmanager
@@ -467,9 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             if "DAPR_RUNTIME_PATH" in env:
                 print(f'export DAPR_RUNTIME_PATH="{env["DAPR_RUNTIME_PATH"]}"')
         elif args.command == "run":
-            return run_app(MINIMAL_APP, "minimal", foreground_log=True)
+            return run_app(MINIMAL_APP, "minimal")
         elif args.command == "serve":
-            return run_app(SERVICE_APP, "service", foreground_log=True)
+            return run_app(SERVICE_APP, "service")
     except StackError as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,42 @@
+# The two commands a newcomer types: `make run` and `make test`.
+# Each one installs what is missing first (see scripts/setup.sh).
+# The local stack itself (Redis, Dapr placement and scheduler) is started and
+# stopped by tools/stack.py; nothing here starts processes on its own.
+
+PYTHON ?= python3
+VENV_PY := .venv/bin/python
+STACK := $(VENV_PY) -m tools.stack
+export PYTHON
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run serve test up stop status env clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (once)
+	@bash scripts/setup.sh
+
+run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything
+	@$(STACK) run
+
+serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all
+	@$(STACK) serve
+
+test: setup ## the end-to-end test suite against a real local Dapr stack
+	@$(VENV_PY) -m pytest
+
+up: setup ## start Redis, placement and scheduler in the background (for your own `dapr run`)
+	@$(STACK) up
+
+stop: ## stop everything the stack started (also what a crashed run left behind)
+	@if [ -x $(VENV_PY) ]; then $(STACK) down; fi
+
+status: ## what is running and where its logs are
+	@$(STACK) status
+
+env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)"
+	@$(STACK) env
+
+clean: stop ## stop the stack and delete its logs and data (.stack/)
+	rm -rf .stack

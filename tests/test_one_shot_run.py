@@ -1,0 +1,69 @@
+"""`make run`: the stack, durable_agent_minimal.py under the README's
+`dapr run`, the answer on screen, and nothing left running."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psutil
+
+from conftest import env_without_llm_settings
+from tools import stack
+
+RUN_TIMEOUT_S = 180
+
+
+def make_run(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """What `make run` does after set-up."""
+    return subprocess.run([sys.executable, "-m", "tools.stack", "run"], cwd=stack.ROOT, env=env,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def printed_answer(stdout: str) -> dict:
+    """The JSON line durable_agent_minimal.py prints last: the workflow's output."""
+    lines = [line.removeprefix("== APP == ") for line in stdout.splitlines() if line.startswith("== APP == {")]
+    assert lines, f"no answer printed:\n{stdout[-3000:]}"
+    return json.loads(lines[-1])
+
+
+def minimal_app_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "durable-agent-minimal" in cmdline or "durable_agent_minimal.py" in cmdline:
+            found.append(process)
+    return found
+
+
+def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, scripted_llm):
+    scripted_llm.answer_next("Semicolons rest\nwhere the compiler once sang;\nthe build is green now.")
+
+    result = make_run(llm_env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"LLM: OpenAI-compatible endpoint {scripted_llm.endpoint}" in result.stdout
+    answer = printed_answer(result.stdout)
+    assert answer["role"] == "assistant" and answer["name"] == "Assistant"
+    assert answer["content"] == "Semicolons rest\nwhere the compiler once sang;\nthe build is green now."
+    assert scripted_llm.task_calls()[0].messages[-1]["content"] == "Write a haiku about programming."
+    assert minimal_app_processes() == []
+
+
+def test_make_run_without_an_llm_uses_dapr_echo_and_says_so(local_stack, scripted_llm):
+    result = make_run(env_without_llm_settings())
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "conversation.echo" in result.stdout and "ECHOES your prompt" in result.stdout
+    # Echo answers with the text it was sent, so the prompt comes back.
+    assert printed_answer(result.stdout)["content"].endswith("Write a haiku about programming.")
+    assert scripted_llm.calls == []
+    assert minimal_app_processes() == []
+
+
+def test_make_run_leaves_a_stack_it_did_not_start_running(local_stack, llm_env):
+    assert make_run(llm_env).returncode == 0
+
+    for name in ("redis", "placement", "scheduler"):
+        assert stack.recorded(name) is not None, f"{name} was stopped by a run that did not start it"
