@@ -30,7 +30,25 @@ STAMP="$PREFIX/.complete"
 say() { printf '[dapr] %s\n' "$*" >&2; }
 die() { printf '[dapr] error: %s\n' "$*" >&2; exit 1; }
 
+# The configuration `dapr run` uses when no --config is given: the one a
+# full `dapr init` writes, which sends every trace to Zipkin on :9411.
+write_default_config() {
+  mkdir -p "$PREFIX/.dapr"
+  cat > "$PREFIX/.dapr/config.yaml" <<'YAML'
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: daprConfig
+spec:
+  tracing:
+    samplingRate: "1"
+    zipkin:
+      endpointAddress: http://localhost:9411/api/v2/spans
+YAML
+}
+
 if [ -f "$STAMP" ]; then
+  write_default_config
   exit 0
 fi
 
@@ -112,15 +130,7 @@ rm -rf "$cli_src" && cp -r "$cli_mod" "$cli_src" && chmod -R u+w "$cli_src"
        -o "$PREFIX/bin/dapr" . ) || die "building the dapr CLI failed (see the Go output above)"
 rm -rf "$cli_src"
 
-# The file `dapr init --slim` writes; `dapr run` refuses to start without it.
-cat > "$PREFIX/.dapr/config.yaml" <<'YAML'
-apiVersion: dapr.io/v1alpha1
-kind: Configuration
-metadata:
-  name: daprConfig
-spec: {}
-YAML
-
+write_default_config
 rm -rf "$src"
 date -u +%FT%TZ > "$STAMP"
 say "done in $(( $(date +%s) - started )) s: $("$RUNTIME_BIN/daprd" --version)"

@@ -2,7 +2,8 @@
 # Installs what the example needs, skipping whatever is already there:
 #   1. a virtualenv in .venv with requirements-dev.txt (the agent, the tooling, the tests);
 #   2. redis-server from the system's package manager;
-#   3. the pinned Dapr runtime and CLI (scripts/install-dapr.sh, cached per machine).
+#   3. the pinned Dapr runtime and CLI (scripts/install-dapr.sh, cached per machine);
+#   4. the Zipkin server jar (scripts/install-zipkin.sh), if Java is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,11 @@ fi
 
 # --- Dapr -----------------------------------------------------------------
 # An existing `dapr init --slim` of the same minor version is used as it is
-# (tools/stack.py decides); otherwise build ours once per machine.
-if ! .venv/bin/python -c 'import tools.stack as s; s.find_runtime()' 2>/dev/null; then
+# (tools/stack.py decides); otherwise ours is built once per machine and
+# reused (install-dapr.sh returns at once when it is there).
+if ! .venv/bin/python -c 'import sys, tools.stack as s; sys.exit(s.find_runtime().runtime_path is not None)' 2>/dev/null; then
   bash scripts/install-dapr.sh
 fi
+
+# --- Zipkin (tracing) -------------------------------------------------------
+bash scripts/install-zipkin.sh

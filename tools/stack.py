@@ -51,6 +51,8 @@ REDIS_PORT = 6379
 PLACEMENT_PORT, PLACEMENT_HEALTHZ_PORT, PLACEMENT_METRICS_PORT = 50005, 58080, 59090
 SCHEDULER_PORT, SCHEDULER_HEALTHZ_PORT, SCHEDULER_METRICS_PORT = 50006, 58081, 59091
 SCHEDULER_ETCD_CLIENT_PORT, SCHEDULER_ETCD_PEER_PORT = 52379, 52380
+ZIPKIN_PORT = 9411
+ZIPKIN_VERSION = "3.6.1"
 
 # The two commands of the README, verbatim after `dapr run`.
 MINIMAL_APP = ["--app-id", "durable-agent-minimal", "--resources-path", "./resources",
@@ -348,17 +350,39 @@ def services(runtime: DaprRuntime) -> list[Service]:
     ]
 
 
-def up() -> tuple[DaprRuntime, list[str]]:
+def zipkin_service() -> Service | None:
+    """Zipkin, where the sidecar's default configuration sends traces; None without Java."""
+    jar = TDA_HOME / "zipkin" / f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
+    java = shutil.which("java")
+    if java is None or not jar.exists():
+        return None
+    return Service("zipkin", [
+        java, "-Xmx256m", "-jar", str(jar),
+        "--armeria.ports[0].ip=127.0.0.1", f"--armeria.ports[0].port={ZIPKIN_PORT}",
+    ], {"zipkin": ZIPKIN_PORT}, lambda: http_ok(f"http://127.0.0.1:{ZIPKIN_PORT}/health"))
+
+
+def up(tracing: bool = True) -> tuple[DaprRuntime, list[str]]:
     """Start every service that is not already running; wait until each is healthy.
 
-    Returns the runtime and the names of the services this call started, so
-    the caller stops exactly those and leaves a stack it found running alone.
+    Services start side by side and are then awaited one by one, so the
+    slowest (Zipkin's JVM, about 10 s) sets the start-up time. Returns the
+    runtime and the names of the services this call started, so the caller
+    stops exactly those and leaves a stack it found running alone.
     """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
-    started: list[str] = []
+    wanted = services(runtime)
+    if tracing:
+        zipkin = zipkin_service()
+        if zipkin is None:
+            say("zipkin: tracing is OFF: Java 17+ or the Zipkin jar is missing (`make setup` fetches the jar "
+                "when Java and Maven are installed); everything else runs")
+        else:
+            wanted.append(zipkin)
+    started: list[tuple[Service, psutil.Process, float]] = []
     try:
-        for service in services(runtime):
+        for service in wanted:
             if recorded(service.name) is not None and service.ready():
                 say(f"{service.name}: already running (started by this stack)")
                 continue
@@ -370,24 +394,23 @@ def up() -> tuple[DaprRuntime, list[str]]:
                                  "(or install it: `apt-get install redis-server`, `brew install redis`).")
             require_free(service.ports)
             (DATA_DIR / service.name).mkdir(parents=True, exist_ok=True)
-            t0 = time.monotonic()
-            process = spawn(service.name, service.argv)
-            started.append(service.name)
-            wait_until(service.ready, f"{service.name} on 127.0.0.1:{next(iter(service.ports.values()))}",
-                       process=process, log=LOG_DIR / f"{service.name}.log")
-            say(f"{service.name}: ready on 127.0.0.1:{next(iter(service.ports.values()))} "
-                f"in {time.monotonic() - t0:.1f} s (log: {_rel(LOG_DIR / f'{service.name}.log')})")
+            started.append((service, spawn(service.name, service.argv), time.monotonic()))
+        for service, process, t0 in started:
+            port = next(iter(service.ports.values()))
+            log = LOG_DIR / f"{service.name}.log"
+            wait_until(service.ready, f"{service.name} on 127.0.0.1:{port}", process=process, log=log)
+            say(f"{service.name}: ready on 127.0.0.1:{port} in {time.monotonic() - t0:.1f} s (log: {_rel(log)})")
     except BaseException:
-        for name in reversed(started):
-            stop(name)
+        for service, _, _ in reversed(started):
+            stop(service.name)
         raise
-    return runtime, started
+    return runtime, [service.name for service, _, _ in started]
 
 
 def down() -> None:
     """Stop everything this stack recorded, apps first, then services."""
     names = sorted(p.stem for p in PID_DIR.glob("*.pid")) if PID_DIR.exists() else []
-    order = {"redis": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
+    order = {"redis": 4, "zipkin": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
     for name in sorted(names, key=lambda n: order.get(n, 0)):
         if stop(name):
             say(f"{name}: stopped")
@@ -426,8 +449,12 @@ def service_ready() -> bool:
 
 
 def run_app(app: list[str], name: str) -> int:
-    """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop what we started."""
-    runtime, started = up()
+    """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop what we started.
+
+    A one-shot run skips Zipkin: it would add ~10 s and its in-memory traces
+    would vanish when the run stops it again. `serve` and `up` include it.
+    """
+    runtime, started = up(tracing=name != "minimal")
     try:
         llm = choose_llm(dict(os.environ))
         say(llm.banner)
