@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -82,12 +82,47 @@ def redis_client(local_stack) -> redis.Redis:
     client.close()
 
 
-@dataclass
-class Service:
-    http: httpx.Client
-    sidecar: httpx.Client
-    log: "os.PathLike[str]"
+# The shipped LLM timeout is 60 s; the suite cuts it to this so that the
+# hanging-LLM test takes seconds, not minutes. Everything else is as shipped.
+TEST_LLM_TIMEOUT = "3s"
 
+
+class Service:
+    """durable_agent_service.py under the README's `dapr run` flags, restartable."""
+
+    def __init__(self, runtime: stack.DaprRuntime, env: dict[str, str]) -> None:
+        llm = stack.choose_llm(env)
+        resiliency = llm.resources / "resiliency.yaml"
+        resiliency.write_text(resiliency.read_text().replace("llm: 60s", f"llm: {TEST_LLM_TIMEOUT}"))
+        self.argv = stack.dapr_run_argv(runtime, stack.SERVICE_APP, llm.resources)
+        self.env = runtime.env(env) | llm.env
+        self.log = stack.LOG_DIR / "service.log"
+        self.http = httpx.Client(base_url=SERVICE_URL, timeout=30)
+        self.sidecar = httpx.Client(base_url=SIDECAR_URL, timeout=30)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        stack.require_free(stack.SERVICE_PORTS)
+        # Append, so one log holds every start of the session.
+        with open(self.log, "ab") as log:
+            log.write(b"\n===== service start =====\n")
+        process = stack.spawn("service", self.argv, env=self.env, log=self.log, append=True)
+        stack.wait_until(stack.service_ready, "durable_agent_service.py under dapr run", process=process, log=self.log)
+
+    def stop(self) -> None:
+        """Graceful: SIGTERM to the app, then `dapr run` stops its sidecar."""
+        stack.stop_dapr_run("service")
+
+    def processes(self) -> tuple[psutil.Process, psutil.Process]:
+        """(the app, its daprd), children of the recorded `dapr run`."""
+        cli = stack.recorded("service")
+        assert cli is not None, "the service is not running"
+        children = cli.children()
+        app = next(p for p in children if p.name() != "daprd")
+        daprd = next(p for p in children if p.name() == "daprd")
+        return app, daprd
+
+    # -- API -----------------------------------------------------------------------
     def start_run(self, task: str) -> str:
         response = self.http.post("/run", json={"task": task})
         assert response.status_code == 200, response.text
@@ -105,19 +140,25 @@ class Service:
 
         return wait_for(done, f"run {instance_id} to finish", timeout_s)
 
+    def close(self) -> None:
+        self.http.close()
+        self.sidecar.close()
+
 
 @pytest.fixture(scope="session")
-def service(local_stack, llm_env):
-    """durable_agent_service.py under the README's `dapr run` flags, with the scripted LLM."""
-    llm = stack.choose_llm(llm_env)
-    stack.require_free(stack.SERVICE_PORTS)
-    log = stack.LOG_DIR / "service.log"
-    process = stack.spawn("service", stack.dapr_run_argv(local_stack, stack.SERVICE_APP, llm.resources),
-                          env=local_stack.env(llm_env) | llm.env, log=log)
+def service_session(local_stack, llm_env):
+    svc = Service(local_stack, llm_env)
     try:
-        stack.wait_until(stack.service_ready, "durable_agent_service.py under dapr run", process=process, log=log)
-        with httpx.Client(base_url=SERVICE_URL, timeout=30) as http, \
-                httpx.Client(base_url=SIDECAR_URL, timeout=30) as sidecar:
-            yield Service(http, sidecar, log)
+        svc.start()
+        yield svc
     finally:
-        stack.stop("service")
+        svc.stop()
+        svc.close()
+
+
+@pytest.fixture
+def service(service_session: Service) -> Service:
+    """The session's service, started again if an earlier test stopped it."""
+    if stack.recorded("service") is None:
+        service_session.start()
+    return service_session

@@ -151,12 +151,12 @@ def _log_tail(log: Path | None, lines: int = 15) -> str:
 # Processes we start: own process group, log file, pid file
 # --------------------------------------------------------------------------
 def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
-          log: Path | None = None) -> psutil.Process:
+          log: Path | None = None, append: bool = False) -> psutil.Process:
     """Start `argv` in a new process group, output to its log, recorded under `name`."""
     for directory in (LOG_DIR, PID_DIR):
         directory.mkdir(parents=True, exist_ok=True)
     log = log or LOG_DIR / f"{name}.log"
-    with open(log, "wb") as out:
+    with open(log, "ab" if append else "wb") as out:
         popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     _record(name, popen.pid)
@@ -208,6 +208,27 @@ def stop_group(process: psutil.Process, timeout_s: float = STOP_TIMEOUT_S) -> No
         with contextlib.suppress(psutil.Error):
             member.kill()
     psutil.wait_procs(alive, timeout=5)
+
+
+def stop_dapr_run(name: str, timeout_s: float = 30.0) -> bool:
+    """Stop a `dapr run` recorded under `name` gracefully, app first.
+
+    On a signal, `dapr run` SIGKILLs daprd and then the app, so the app can
+    neither finish its requests nor deregister itself. Instead we SIGTERM the
+    app while its sidecar still serves it; when the app is gone, the CLI
+    stops daprd and exits by itself. Whatever is left then gets stop().
+    """
+    cli = recorded(name)
+    if cli is None:
+        return stop(name)
+    with contextlib.suppress(psutil.Error):
+        apps = [child for child in cli.children() if child.name() != "daprd"]
+        for app in apps:
+            app.terminate()
+        psutil.wait_procs(apps, timeout=timeout_s)
+        cli.wait(timeout=10)
+    stop(name)
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -327,6 +348,8 @@ def services(runtime: DaprRuntime) -> list[Service]:
             # Every write is on disk before Redis acknowledges it, so a Redis
             # restart loses nothing the agent was told was saved.
             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            # The Configuration API's subscriptions listen for keyspace events.
+            "--notify-keyspace-events", "KA",
         ], {"redis": REDIS_PORT}, redis_ping),
         Service("placement", [
             str(bin_dir / "placement"), "--port", str(PLACEMENT_PORT), "--listen-address", "127.0.0.1",
@@ -412,7 +435,7 @@ def down() -> None:
     names = sorted(p.stem for p in PID_DIR.glob("*.pid")) if PID_DIR.exists() else []
     order = {"redis": 4, "zipkin": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
     for name in sorted(names, key=lambda n: order.get(n, 0)):
-        if stop(name):
+        if (stop(name) if name in order else stop_dapr_run(name)):
             say(f"{name}: stopped")
 
 
@@ -476,7 +499,7 @@ def run_app(app: list[str], name: str) -> int:
                     say("Ctrl+C stops the service and the whole stack.")
             return popen.wait()
     finally:
-        stop(name)
+        stop_dapr_run(name)
         for service in reversed(started):
             if stop(service):
                 say(f"{service}: stopped")
@@ -489,10 +512,13 @@ def _record(name: str, pid: int) -> None:
 
 @contextlib.contextmanager
 def _forward_signals(popen: subprocess.Popen) -> Iterator[None]:
+    """On Ctrl+C or SIGTERM, stop the app first (see stop_dapr_run); `dapr run` then exits."""
     def forward(signum: int, _frame: object) -> None:
-        say("stopping (the sidecar finishes in-flight calls first)")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
+        say("stopping: the app finishes its requests and deregisters, then its sidecar stops")
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(popen.pid).children():
+                if child.name() != "daprd":
+                    child.terminate()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
