@@ -110,7 +110,7 @@ class Service:
         stack.wait_until(stack.service_ready, "durable_agent_service.py under dapr run", process=process, log=self.log)
 
     def stop(self) -> None:
-        """Graceful: SIGTERM to the app, then `dapr run` stops its sidecar."""
+        """Graceful: the app is interrupted first, then `dapr run` stops its sidecar."""
         stack.stop_dapr_run("service")
 
     def processes(self) -> tuple[psutil.Process, psutil.Process]:

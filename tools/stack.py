@@ -60,7 +60,7 @@ MINIMAL_APP = ["--app-id", "durable-agent-minimal", "--resources-path", "./resou
 SERVICE_APP = ["--app-id", "durable-agent-service", "--resources-path", "./resources", "-p", "8001",
                "--log-level", "warn", "--metrics-port=9090", "--dapr-http-port=3500", "--enable-api-logging",
                "--", "python", "durable_agent_service.py"]
-SERVICE_PORTS = {"app": 8001, "sidecar HTTP": 3500, "sidecar gRPC": 50001, "sidecar metrics": 9090}
+SERVICE_PORTS = {"app": 8001, "sidecar HTTP": 3500, "sidecar metrics": 9090}
 
 STARTUP_TIMEOUT_S = float(os.environ.get("TDA_STARTUP_TIMEOUT", "60"))
 STOP_TIMEOUT_S = 15.0
@@ -214,9 +214,13 @@ def stop_dapr_run(name: str, timeout_s: float = 30.0) -> bool:
     """Stop a `dapr run` recorded under `name` gracefully, app first.
 
     On a signal, `dapr run` SIGKILLs daprd and then the app, so the app can
-    neither finish its requests nor deregister itself. Instead we SIGTERM the
-    app while its sidecar still serves it; when the app is gone, the CLI
+    neither finish its requests nor deregister itself. Instead we interrupt
+    the app while its sidecar still serves it; when the app is gone, the CLI
     stops daprd and exits by itself. Whatever is left then gets stop().
+
+    SIGINT, not SIGTERM: uvicorn drains on either, then re-raises the signal;
+    only SIGINT becomes a KeyboardInterrupt, which lets the script's
+    `finally: runner.shutdown(agent)` run (SIGTERM would end the process there).
     """
     cli = recorded(name)
     if cli is None:
@@ -224,7 +228,7 @@ def stop_dapr_run(name: str, timeout_s: float = 30.0) -> bool:
     with contextlib.suppress(psutil.Error):
         apps = [child for child in cli.children() if child.name() != "daprd"]
         for app in apps:
-            app.terminate()
+            app.send_signal(signal.SIGINT)
         psutil.wait_procs(apps, timeout=timeout_s)
         cli.wait(timeout=10)
     stop(name)
@@ -518,7 +522,7 @@ def _forward_signals(popen: subprocess.Popen) -> Iterator[None]:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(popen.pid).children():
                 if child.name() != "daprd":
-                    child.terminate()
+                    child.send_signal(signal.SIGINT)  # see stop_dapr_run
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -3,8 +3,9 @@
     python -m tools.workflows list                 # make workflows
     python -m tools.workflows history <instance>   # make history ID=<instance>
 
-Both ask the sidecar (gRPC on 127.0.0.1:50001, the service's default) through
-the Workflow engine's own API. `dapr workflow list` works too (it needs
+Both ask the service's sidecar through the Workflow engine's own gRPC API;
+the sidecar is found like `dapr list` finds it, by its daprd process (`dapr
+run` gives it a random gRPC port). `dapr workflow list` works too (it needs
 `-c redis://127.0.0.1:6379`), but the `dapr workflow history` of CLI 1.16.5
 reads actor state that runtime 1.18 no longer hands out, and prints an empty
 table; this prints the real history.
@@ -18,8 +19,19 @@ import sys
 from datetime import datetime
 
 import grpc
+import psutil
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
+
+
+def sidecar_grpc_port(app_id: str) -> int:
+    """The gRPC port of the daprd running `app_id`, read from its command line."""
+    for process in psutil.process_iter(["name", "cmdline"]):
+        args = process.info["cmdline"] or []
+        if process.info["name"] == "daprd" and app_id in args and "--dapr-grpc-port" in args:
+            if args[args.index("--app-id") + 1] == app_id:
+                return int(args[args.index("--dapr-grpc-port") + 1])
+    raise LookupError(f"no sidecar of app {app_id!r} is running. Start the service first (`make serve`).")
 
 
 def _stub(grpc_port: int) -> pb_grpc.TaskHubSidecarServiceStub:
@@ -32,7 +44,7 @@ def _metadata() -> list[tuple[str, str]]:
     return [("dapr-api-token", token)] if token else []
 
 
-def list_instances(grpc_port: int = 50001, limit: int = 10_000) -> list[str]:
+def list_instances(grpc_port: int, limit: int = 10_000) -> list[str]:
     """Every workflow instance id the sidecar's app has, oldest first (bounded by `limit`)."""
     stub, ids, token = _stub(grpc_port), [], None
     while len(ids) < limit:
@@ -47,20 +59,30 @@ def list_instances(grpc_port: int = 50001, limit: int = 10_000) -> list[str]:
     return ids[:limit]
 
 
-def history(instance_id: str, grpc_port: int = 50001) -> list[dict]:
+def history(instance_id: str, grpc_port: int) -> list[dict]:
     """The run's history events as plain rows: id, type, name, time, milliseconds since the start."""
     response = _stub(grpc_port).GetInstanceHistory(
         pb.GetInstanceHistoryRequest(instanceId=instance_id), metadata=_metadata(), timeout=10)
-    rows, start = [], None
-    for event in response.events:
+    events = list(response.events)
+    start = min((e.timestamp.ToDatetime() for e in events), default=None)
+    scheduled: dict[int, str] = {}  # task id -> activity name, to name its completion
+    rows = []
+    for event in events:
         kind = event.WhichOneof("eventType") or "unknown"
         detail = getattr(event, kind, None)
+        name = getattr(detail, "name", "") or ""
+        if kind == "taskScheduled":
+            scheduled[event.eventId] = name
+        elif kind in ("taskCompleted", "taskFailed"):
+            name = scheduled.get(detail.taskScheduledId, "")
+        elif kind == "executionCompleted":
+            status = detail.DESCRIPTOR.fields_by_name["workflowStatus"]
+            name = status.enum_type.values_by_number[detail.workflowStatus].name.split("STATUS_")[-1]
         at: datetime = event.timestamp.ToDatetime()
-        start = start or at
         rows.append({
             "event_id": event.eventId,
             "type": kind,
-            "name": getattr(detail, "name", "") or "",
+            "name": name,
             "timestamp": at.isoformat(timespec="milliseconds"),
             "elapsed_ms": round((at - start).total_seconds() * 1000, 1),
         })
@@ -69,27 +91,26 @@ def history(instance_id: str, grpc_port: int = 50001) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.workflows", description=__doc__.splitlines()[0])
-    parser.add_argument("--grpc-port", type=int, default=50001, help="the sidecar's gRPC port (default 50001)")
+    parser.add_argument("--app-id", default="durable-agent-service", help="whose runs (default durable-agent-service)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every run's instance id")
     history_parser = sub.add_parser("history", help="one run's history events")
     history_parser.add_argument("instance_id")
     args = parser.parse_args(argv)
     try:
+        grpc_port = sidecar_grpc_port(args.app_id)
         if args.command == "list":
-            for instance_id in list_instances(args.grpc_port):
+            for instance_id in list_instances(grpc_port):
                 print(instance_id)
         else:
             print(f"{'ID':>4}  {'TYPE':<24} {'NAME':<44} {'ELAPSED':>10}")
-            for row in history(args.instance_id, args.grpc_port):
+            for row in history(args.instance_id, grpc_port):
                 print(f"{row['event_id']:>4}  {row['type']:<24} {row['name']:<44} {row['elapsed_ms']:>8.1f}ms")
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(f"error: no sidecar answers on 127.0.0.1:{args.grpc_port}. Is the service running (`make serve`)?",
-                  file=sys.stderr)
-        else:
-            print(f"error: {code.name}: {exc.details()}", file=sys.stderr)
+        print(f"error: the sidecar answered {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,216 @@
+"""Each capability the README claims, proven on the running service.
+
+Every test here fails if its capability is switched off: no Zipkin, no
+metrics port, no API logging, the key in a YAML file, no configuration
+store, no resiliency policy, no registry entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+
+import httpx
+import redis
+
+from conftest import SERVICE_APP_ID, TEST_LLM_TIMEOUT, wait_for
+from tools import stack
+
+ZIPKIN = f"http://127.0.0.1:{stack.ZIPKIN_PORT}"
+METRICS = "http://127.0.0.1:9090/metrics"
+
+
+def completed_run(service, scripted_llm, answer: str = "A haiku, as you asked") -> str:
+    scripted_llm.answer_next(answer)
+    instance_id = service.start_run(f"Write a haiku about claims ({uuid.uuid4().hex[:8]})")
+    status = service.wait_until_done(instance_id)
+    assert status["runtime_status"] == "COMPLETED", status
+    return instance_id
+
+
+# -- observability -------------------------------------------------------------
+def test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call(service, scripted_llm):
+    instance_id = completed_run(service, scripted_llm)
+
+    def trace_of_run():
+        response = httpx.get(f"{ZIPKIN}/api/v2/traces", params={
+            "serviceName": SERVICE_APP_ID, "limit": 20,
+            "annotationQuery": f"durabletask.task.instance_id={instance_id}"})
+        traces = [t for t in response.json() if any(s["name"].startswith("orchestration||") for s in t)]
+        return traces[0] if traces else None
+
+    spans = wait_for(trace_of_run, f"the trace of run {instance_id} in Zipkin", timeout_s=30, interval_s=0.5)
+    names = [span["name"] for span in spans]
+    workflow = next(s for s in spans if s["name"] == "orchestration||dapr.agents.assistant.workflow")
+    assert workflow["tags"]["durabletask.runtime_status"] == "COMPLETED"
+    assert workflow["localEndpoint"]["serviceName"] == SERVICE_APP_ID
+    assert {"activity||dapr.agents.assistant.call_llm", "activity||dapr.agents.assistant.summarize"} <= set(names)
+    llm_calls = [s for s in spans if s["name"] == "/dapr.proto.runtime.v1.dapr/conversealpha2"]
+    assert len(llm_calls) == 2 and all(s["tags"]["rpc.system"] == "llm-provider" for s in llm_calls)
+    assert any(s["tags"].get("db.name") == "agent-workflow" for s in spans)  # state writes, in the same trace
+
+
+def _metric(text: str, family: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(family + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run(service, scripted_llm):
+    before = httpx.get(METRICS).text
+    completed_run(service, scripted_llm)
+    after = httpx.get(METRICS).text
+
+    assert "# TYPE dapr_runtime_workflow_execution_count counter" in after
+    runs = ("dapr_runtime_workflow_execution_count", {"app_id": SERVICE_APP_ID, "status": "success"})
+    llm = ("dapr_component_conversation_count", {"component": "llm-provider", "success": "true"})
+    state = ("dapr_component_state_count", {"component": "agent-workflow", "success": "true"})
+    assert _metric(after, runs[0], **runs[1]) - _metric(before, runs[0], **runs[1]) == 1
+    assert _metric(after, llm[0], **llm[1]) - _metric(before, llm[0], **llm[1]) == 2
+    assert _metric(after, state[0], **state[1]) > _metric(before, state[0], **state[1])
+    assert _metric(after, "dapr_grpc_io_server_completed_rpcs") > _metric(before, "dapr_grpc_io_server_completed_rpcs")
+
+
+def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(service, scripted_llm):
+    offset = service.log.stat().st_size
+    completed_run(service, scripted_llm)
+    assert service.sidecar.post("/v1.0/publish/agent-pubsub/assistant.topic",
+                                json={"task": "logged"}).status_code == 204
+
+    def logged_methods():
+        text = service.log.read_bytes()[offset:].decode(errors="replace")
+        methods = {quoted or bare for quoted, bare in re.findall(r'API Called".*? method=(?:"([^"]+)"|(\S+))', text)}
+        return methods if "POST /v1.0/publish/agent-pubsub/assistant.topic" in methods else None
+
+    methods = wait_for(logged_methods, "the publish in the API log", timeout_s=10)
+    for expected in ("/dapr.proto.runtime.v1.Dapr/ConverseAlpha2",      # the LLM
+                     "/dapr.proto.runtime.v1.Dapr/SaveState",           # conversation and agent state
+                     "/dapr.proto.runtime.v1.Dapr/GetState",
+                     "/TaskHubSidecarService/StartInstance",            # the workflow
+                     "/TaskHubSidecarService/CompleteActivityTask",
+                     "POST /v1.0/publish/agent-pubsub/assistant.topic"):  # pub/sub
+        assert expected in methods, f"{expected} not in the API log: {sorted(methods)}"
+
+
+# -- secrets and configuration ----------------------------------------------------
+def test_the_llm_key_comes_from_the_secret_store_and_is_written_nowhere(service, scripted_llm, llm_env, redis_client):
+    key = llm_env["OPENAI_API_KEY"]
+    completed_run(service, scripted_llm)
+
+    assert service.sidecar.get("/v1.0/secrets/agent-secretstore/API_KEY").json() == {"API_KEY": key}
+    # The agent's start-up bulk read sees only OPENAI_* variables, not the environment.
+    assert set(service.sidecar.get("/v1.0/secrets/agent-secretstore/bulk").json()) == {"API_KEY", "BASE_URL", "MODEL"}
+    written = [p for p in stack.ROOT.rglob("*.yaml") if ".venv" not in p.parts and key in p.read_text()]
+    assert written == []
+    assert key not in service.log.read_text(errors="replace")
+    raw = redis.Redis(port=stack.REDIS_PORT)  # values include binary workflow history
+    for redis_key in raw.scan_iter(count=1000):
+        if raw.type(redis_key) == b"hash":
+            assert not any(key.encode() in value for value in raw.hgetall(redis_key).values()), redis_key
+    raw.close()
+
+
+def test_a_system_prompt_set_in_the_configuration_store_reaches_the_running_agent(service, scripted_llm, redis_client):
+    original, new = "You are a helpful assistant", f"You answer in French ({uuid.uuid4().hex[:6]})."
+    registry_key = f"{SERVICE_APP_ID}||agents:default:Assistant"
+
+    def registered_prompt() -> str:
+        return json.loads(redis_client.hget(registry_key, "data") or "{}").get("agent", {}).get("system_prompt", "")
+
+    try:
+        redis_client.set("agent_system_prompt", new)
+        assert service.sidecar.get("/v1.0/configuration/agent-config",
+                                   params={"key": "agent_system_prompt"}).json() == {
+            "agent_system_prompt": {"value": new}}
+        # The agent's subscription applies it and re-registers itself with it.
+        wait_for(lambda: registered_prompt() == new, "the agent to apply the new system prompt", timeout_s=15)
+        completed_run(service, scripted_llm)
+        assert scripted_llm.task_calls()[-1].messages[0] == {"role": "system", "content": new}
+    finally:
+        redis_client.set("agent_system_prompt", original)
+        wait_for(lambda: registered_prompt() == original, "the original system prompt to come back", timeout_s=15)
+
+
+# -- resiliency ----------------------------------------------------------------------
+def test_llm_errors_are_retried_by_the_sidecar_and_the_run_completes(service, scripted_llm):
+    scripted_llm.fail_next(500, 429)
+
+    completed_run(service, scripted_llm, answer="Third time lucky")
+
+    statuses = [call.answered_status for call in scripted_llm.task_calls()]
+    assert statuses == [500, 429, 200]
+
+
+def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(service, scripted_llm):
+    scripted_llm.hold()
+    try:
+        instance_id = service.start_run("This answer never comes")
+        status = service.wait_until_done(instance_id, timeout_s=240)
+        held_calls = [call.answered_status for call in scripted_llm.task_calls()]
+    finally:
+        scripted_llm.release()
+
+    assert status["runtime_status"] == "FAILED"
+    reason = status["failure_details"]["message"]
+    # Timed-out attempts trip the circuit breaker, so the last word is usually its.
+    assert "failed conversing with component llm-provider" in reason, reason
+    assert re.search(r"circuit breaker is open|deadline exceeded|timeout", reason, re.IGNORECASE), reason
+    # Each held call was cut by the policy's timeout and retried (all still unanswered).
+    assert len(held_calls) >= 2 and set(held_calls) == {0}
+    # The circuit breaker opened on the failures; it closes again and runs complete.
+    wait_for(lambda: _completes(service, scripted_llm), "the LLM circuit to close again", timeout_s=120, interval_s=2)
+
+
+def _completes(service, scripted_llm) -> bool:
+    instance_id = service.start_run("Are you back?")
+    return service.wait_until_done(instance_id, timeout_s=90)["runtime_status"] == "COMPLETED"
+
+
+# -- inspecting runs without Docker ------------------------------------------------------
+def test_workflow_runs_are_listed_and_their_history_shown_without_docker(service, scripted_llm, local_stack):
+    instance_id = completed_run(service, scripted_llm)
+
+    listed = subprocess.run(
+        ["dapr", "workflow", "list", "--app-id", SERVICE_APP_ID, "-c", "redis://127.0.0.1:6379"],
+        env=local_stack.env(), capture_output=True, text=True, timeout=60)
+    history = subprocess.run([sys.executable, "-m", "tools.workflows", "history", instance_id],
+                             cwd=stack.ROOT, capture_output=True, text=True, timeout=60)
+
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"{instance_id}\s+COMPLETED", listed.stdout), listed.stdout
+    assert history.returncode == 0, history.stderr
+    for step in ("executionStarted", "dapr.agents.Assistant.call_llm", "dapr.agents.Assistant.summarize",
+                 "dapr.agents.Assistant.finalize_workflow", "executionCompleted       COMPLETED"):
+        assert step in history.stdout, history.stdout
+
+
+def test_the_keys_a_run_created_can_be_listed_and_read_with_redis_cli(service, scripted_llm):
+    instance_id = completed_run(service, scripted_llm, answer="Keys in a row")
+
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"*{instance_id}*"],
+                          capture_output=True, text=True, timeout=30).stdout.split()
+    conversation = subprocess.run(
+        ["redis-cli", "HGET", f"{SERVICE_APP_ID}||assistant:_workflow_{instance_id}", "data"],
+        capture_output=True, text=True, timeout=30).stdout
+
+    assert f"{SERVICE_APP_ID}||assistant:_workflow_{instance_id}" in keys   # conversation and agent state
+    assert f"{SERVICE_APP_ID}||assistant:_memory_{instance_id}" in keys     # long-term memory summary
+    assert any(k.endswith(f"||{instance_id}||history-000000") for k in keys)  # workflow engine history
+    assert "Keys in a row" in conversation
+
+
+# -- registry -----------------------------------------------------------------------------
+def test_a_clean_shutdown_removes_the_agent_from_the_registry(service, redis_client):
+    entry = f"{SERVICE_APP_ID}||agents:default:Assistant"
+    index = f"{SERVICE_APP_ID}||agents:default:_index"
+    assert redis_client.exists(entry)
+
+    service.stop()
+
+    assert not redis_client.exists(entry)
+    assert "Assistant" not in json.loads(redis_client.hget(index, "data") or '{"agents": []}')["agents"]
