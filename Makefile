@@ -9,10 +9,10 @@ STACK := $(VENV_PY) -m tools.stack
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run serve test up stop status env clean
+.PHONY: help setup run serve test up stop status env workflows history clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (once)
 	@bash scripts/setup.sh
@@ -37,6 +37,13 @@ status: ## what is running and where its logs are
 
 env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)"
 	@$(STACK) env
+
+workflows: ## list the running service's workflow runs (instance ids)
+	@$(VENV_PY) -m tools.workflows list
+
+history: ## one run's history: make history ID=<instance id>
+	@test -n "$(ID)" || { echo "usage: make history ID=<instance id>  (ids: make workflows)"; exit 2; }
+	@$(VENV_PY) -m tools.workflows history "$(ID)"
 
 clean: stop ## stop the stack and delete its logs and data (.stack/)
 	rm -rf .stack
