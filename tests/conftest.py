@@ -6,6 +6,7 @@ Set TDA_KEEP_STACK=1 to leave nothing running but see the logs in .stack/logs/.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable
@@ -35,6 +36,27 @@ def wait_for(check: Callable[[], object], what: str, timeout_s: float = RUN_TIME
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+FIGURES = stack.STATE_DIR / "figures.jsonl"
+
+
+def record_figure(test: str, **figures: object) -> None:
+    """Keep a measured figure (a duration, a count) for the end-of-session report."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with open(FIGURES, "a") as out:
+        out.write(json.dumps({"test": test, **figures}) + "\n")
+
+
+def pytest_sessionstart(session) -> None:
+    FIGURES.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES.exists():
+        terminalreporter.section("figures measured by this run")
+        for line in FIGURES.read_text().splitlines():
+            terminalreporter.write_line(line)
 
 
 def env_without_llm_settings() -> dict[str, str]:
@@ -94,6 +116,7 @@ class Service:
         llm = stack.choose_llm(env)
         resiliency = llm.resources / "resiliency.yaml"
         resiliency.write_text(resiliency.read_text().replace("llm: 60s", f"llm: {TEST_LLM_TIMEOUT}"))
+        self.resources = llm.resources
         self.argv = stack.dapr_run_argv(runtime, stack.SERVICE_APP, llm.resources)
         self.env = runtime.env(env) | llm.env
         self.log = stack.LOG_DIR / "service.log"

@@ -42,6 +42,7 @@ class Call:
 @dataclass
 class _Script:
     answers: list[str] = field(default_factory=list)
+    answers_by_text: dict[str, str] = field(default_factory=dict)
     default_answer: str = DEFAULT_ANSWER
     failures: list[int] = field(default_factory=list)  # HTTP codes for the next calls
     delay_s: float = 0.0
@@ -77,6 +78,11 @@ class ScriptedLLM:
         """Queue answers for the next task calls (summary calls are separate)."""
         with self._lock:
             self._script.answers.extend(answers)
+
+    def answer_when(self, text: str, answer: str) -> None:
+        """Answer every task call that mentions `text` with `answer` (also a retried one)."""
+        with self._lock:
+            self._script.answers_by_text[text] = answer
 
     def fail_next(self, *status_codes: int) -> None:
         """Make the next calls fail with these HTTP status codes, in order."""
@@ -143,7 +149,10 @@ class ScriptedLLM:
                 content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
             else:
                 with self._lock:
-                    content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
+                    content = next((answer for text, answer in self._script.answers_by_text.items()
+                                    if any(text in str(m.get("content")) for m in messages)), None)
+                    if content is None:
+                        content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
             call.answered_status = 200
             return JSONResponse(_completion(body.get("model") or "scripted", content))
 
