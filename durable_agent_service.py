@@ -1,3 +1,5 @@
+import os
+
 from dapr_agents import DurableAgent
 from dapr_agents.agents.configs import RuntimeSubscriptionConfig
 from dapr_agents.workflow.runners import AgentRunner
@@ -10,6 +12,7 @@ agent = DurableAgent(
 )
 
 try:
-    runner.serve(agent, host="127.0.0.1", port=8001, entry_path="/run", status_path="/run/{instance_id}")
+    port = int(os.environ.get("APP_PORT", "8001"))  # `dapr run -p` sets it
+    runner.serve(agent, host="127.0.0.1", port=port, entry_path="/run", status_path="/run/{instance_id}")
 finally:
     runner.shutdown(agent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -114,10 +115,13 @@ class Service:
 
     def __init__(self, runtime: stack.DaprRuntime, env: dict[str, str]) -> None:
         llm = stack.choose_llm(env)
-        resiliency = llm.resources / "resiliency.yaml"
+        # A folder of its own: `make serve` in a test rewrites the shared one.
+        self.resources = stack.STATE_DIR / "resources-tests"
+        shutil.rmtree(self.resources, ignore_errors=True)
+        shutil.copytree(llm.resources, self.resources)
+        resiliency = self.resources / "resiliency.yaml"
         resiliency.write_text(resiliency.read_text().replace("llm: 60s", f"llm: {TEST_LLM_TIMEOUT}"))
-        self.resources = llm.resources
-        self.argv = stack.dapr_run_argv(runtime, stack.SERVICE_APP, llm.resources)
+        self.argv = stack.dapr_run_argv(runtime, stack.SERVICE_APP, self.resources)
         self.env = runtime.env(env) | llm.env
         self.log = stack.LOG_DIR / "service.log"
         self.http = httpx.Client(base_url=SERVICE_URL, timeout=30)

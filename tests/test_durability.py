@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -124,3 +126,36 @@ def _workflow_key_mentioning(redis_client, text: str) -> str | None:
         if text in (redis_client.hget(key, "data") or ""):
             return key
     return None
+
+
+def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scripted_llm, llm_env):
+    service.stop()  # make serve needs the service's ports
+    # The held LLM call cannot finish, so the drain runs out (shortened here from 30 s).
+    serve = subprocess.Popen([sys.executable, "-m", "tools.stack", "serve"], cwd=stack.ROOT,
+                             env=llm_env | {"TDA_DRAIN_TIMEOUT": "5"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stack.wait_until(stack.service_ready, "make serve", timeout_s=90)
+        task = _task("In flight at SIGTERM")
+        scripted_llm.answer_when(task, "Finished after the restart")
+        instance_id = _start_and_hold(service, scripted_llm, task)
+
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=90) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+    listening = [port for port in stack.SERVICE_PORTS.values() if stack.port_in_use(port)]
+    assert listening == []
+    leftovers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+                 if "durable_agent_service.py" in " ".join(p.info["cmdline"] or [])
+                 or "durable-agent-service" in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
+    # The stack services it found running are left alone.
+    assert all(stack.recorded(name) for name in ("redis", "placement", "scheduler"))
+    scripted_llm.release()
+    service.start()
+    status = service.wait_until_done(instance_id, timeout_s=120)
+    assert status["runtime_status"] == "COMPLETED"
+    assert json.loads(status["serialized_output"])["content"] == "Finished after the restart"

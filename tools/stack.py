@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +65,8 @@ SERVICE_PORTS = {"app": 8001, "sidecar HTTP": 3500, "sidecar metrics": 9090}
 
 STARTUP_TIMEOUT_S = float(os.environ.get("TDA_STARTUP_TIMEOUT", "60"))
 STOP_TIMEOUT_S = 15.0
+# How long a stopping service may take to finish its work before it is killed.
+DRAIN_TIMEOUT_S = float(os.environ.get("TDA_DRAIN_TIMEOUT", "30"))
 
 
 class StackError(RuntimeError):
@@ -210,7 +213,7 @@ def stop_group(process: psutil.Process, timeout_s: float = STOP_TIMEOUT_S) -> No
     psutil.wait_procs(alive, timeout=5)
 
 
-def stop_dapr_run(name: str, timeout_s: float = 30.0) -> bool:
+def stop_dapr_run(name: str, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
     """Stop a `dapr run` recorded under `name` gracefully, app first.
 
     On a signal, `dapr run` SIGKILLs daprd and then the app, so the app can
@@ -493,15 +496,22 @@ def run_app(app: list[str], name: str) -> int:
         popen = subprocess.Popen(dapr_run_argv(runtime, app, llm.resources), cwd=ROOT,
                                  env=runtime.env() | llm.env, start_new_session=True, stdin=subprocess.DEVNULL)
         _record(name, popen.pid)
-        with _forward_signals(popen):
+        with _graceful_stop_on_signal(popen) as stopping:
             if name == "service":
                 with contextlib.suppress(StackError):
-                    wait_until(lambda: service_ready() or popen.poll() is not None, "the service")
-                if popen.poll() is None:
+                    wait_until(lambda: service_ready() or popen.poll() is not None or stopping.is_set(),
+                               "the service")
+                if popen.poll() is None and not stopping.is_set():
                     say("ready. In another terminal: curl -i -X POST http://localhost:8001/run "
                         "-H 'Content-Type: application/json' -d '{\"task\": \"Write a haiku about programming.\"}'")
                     say("Ctrl+C stops the service and the whole stack.")
-            return popen.wait()
+            while popen.poll() is None:
+                if stopping.is_set() and time.monotonic() > stopping.deadline:
+                    say(f"the app did not finish within {DRAIN_TIMEOUT_S:.0f} s; stopping it now "
+                        "(its runs resume at the next start)")
+                    break
+                time.sleep(0.2)
+            return popen.returncode if popen.returncode is not None else 0
     finally:
         stop_dapr_run(name)
         for service in reversed(started):
@@ -514,19 +524,32 @@ def _record(name: str, pid: int) -> None:
     (PID_DIR / f"{name}.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
 
 
+class _StopRequest(threading.Event):
+    deadline = float("inf")
+
+
 @contextlib.contextmanager
-def _forward_signals(popen: subprocess.Popen) -> Iterator[None]:
-    """On Ctrl+C or SIGTERM, stop the app first (see stop_dapr_run); `dapr run` then exits."""
-    def forward(signum: int, _frame: object) -> None:
-        say("stopping: the app finishes its requests and deregisters, then its sidecar stops")
+def _graceful_stop_on_signal(popen: subprocess.Popen) -> Iterator[_StopRequest]:
+    """On Ctrl+C or SIGTERM, interrupt the app first (see stop_dapr_run) and
+    give it DRAIN_TIMEOUT_S to finish; a second signal stops it at once."""
+    stopping = _StopRequest()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            stopping.deadline = 0.0
+            return
+        say(f"stopping: the app finishes its requests and deregisters (up to {DRAIN_TIMEOUT_S:.0f} s; "
+            "Ctrl+C again to stop at once), then its sidecar and the stack stop")
+        stopping.deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        stopping.set()
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(popen.pid).children():
                 if child.name() != "daprd":
                     child.send_signal(signal.SIGINT)  # see stop_dapr_run
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopping
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
