@@ -9,7 +9,7 @@ STACK := $(VENV_PY) -m tools.stack
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run serve test up stop status env workflows history clean
+.PHONY: help setup doctor run serve test bench images up stop status env workflows history clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,7 +17,11 @@ help: ## list the targets
 setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (once)
 	@bash scripts/setup.sh
 
+doctor: ## check this machine: tools, versions, ports, resources, LLM choice; one line per check with its fix
+	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tools.doctor; else echo "FAIL  no .venv yet -> make setup"; exit 1; fi
+
 run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything
+	@$(VENV_PY) -m tools.doctor --quick --failures-only
 	@$(STACK) run
 
 serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all
@@ -25,6 +29,15 @@ serve: setup ## the service on :8001 with the whole stack, in the foreground; Ct
 
 test: setup ## the end-to-end test suite against a real local Dapr stack
 	@$(VENV_PY) -m pytest
+
+bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png)
+	@$(VENV_PY) -m tools.bench
+
+images: setup ## regenerate the pictures in images/ from the real thing (architecture, bench, Zipkin, history)
+	@bash scripts/install-image-tools.sh
+	@bash scripts/render-architecture.sh
+	@$(VENV_PY) -m tools.bench
+	@$(VENV_PY) -m tools.screenshots
 
 up: setup ## start Redis, placement and scheduler in the background (for your own `dapr run`)
 	@$(STACK) up

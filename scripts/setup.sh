@@ -19,7 +19,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "Python 3.11 or newer is needed and 
 stamp=.venv/.requirements.sha256
 want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "creating .venv and installing requirements-dev.txt (first time: about a minute)"
+  say "installing requirements-dev.txt into .venv (the first time: about a minute)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt

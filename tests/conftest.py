@@ -83,11 +83,7 @@ def scripted_llm(scripted_llm_server: ScriptedLLM) -> ScriptedLLM:
 @pytest.fixture(scope="session")
 def llm_env(scripted_llm_server: ScriptedLLM) -> dict[str, str]:
     """Environment that makes `make run`/`make serve` use the scripted LLM."""
-    return env_without_llm_settings() | {
-        "OPENAI_BASE_URL": scripted_llm_server.endpoint,
-        "OPENAI_API_KEY": "sk-test-not-a-real-key",
-        "OPENAI_MODEL": "scripted-model",
-    }
+    return scripted_llm_server.client_env()
 
 
 @pytest.fixture(scope="session")

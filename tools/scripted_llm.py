@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+DEMO_PORT = int(os.environ.get("TDA_SCRIPTED_LLM_PORT", "18080"))  # make bench, make images
 DEFAULT_ANSWER = "Lines of logic flow,\nsilent thoughts in coded streams,\ndreams compile to life."
 
 # dapr-agents asks for a structured summary after each run; its prompt starts so.
@@ -67,6 +71,12 @@ class ScriptedLLM:
     def endpoint(self) -> str:
         """The value for the component's `endpoint` field."""
         return f"http://{self.host}:{self.port}/v1"
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) with the LLM settings that select this server."""
+        base = dict(os.environ if base is None else base)
+        return {k: v for k, v in base.items() if not k.startswith("OPENAI_")} | {
+            "OPENAI_BASE_URL": self.endpoint, "OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_MODEL": "scripted"}
 
     def reset(self, default_answer: str = DEFAULT_ANSWER) -> None:
         with self._lock:
@@ -208,3 +218,29 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@contextlib.contextmanager
+def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -> Iterator[ScriptedLLM]:
+    """The stack and the service (the README's `dapr run`), answering from a scripted LLM.
+
+    For `make bench` and `make images`: everything it starts, it stops.
+    """
+    from tools import stack  # the stack tooling imports nothing of ours; keep it that way
+
+    llm = ScriptedLLM(port=DEMO_PORT).start()
+    env = llm.client_env()
+    runtime, started = stack.up(tracing=tracing)
+    try:
+        choice = stack.choose_llm(env)
+        stack.require_free(stack.SERVICE_PORTS)
+        log = stack.LOG_DIR / f"{log_name}.log"
+        process = stack.spawn("service", stack.dapr_run_argv(runtime, stack.SERVICE_APP, choice.resources),
+                              env=runtime.env(env) | choice.env, log=log)
+        stack.wait_until(stack.service_ready, "the service", process=process, log=log)
+        yield llm
+    finally:
+        stack.stop_dapr_run("service")
+        for name in reversed(started):
+            stack.stop(name)
+        llm.stop()

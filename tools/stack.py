@@ -42,7 +42,7 @@ RESOURCES_DIR = ROOT / "resources"
 VENV_BIN = ROOT / ".venv" / "bin"
 
 DAPR_RUNTIME_VERSION = "1.18.2"
-DAPR_CLI_VERSION = "1.18.0"
+DAPR_CLI_VERSION = "1.16.5"
 TDA_HOME = Path(os.environ.get("TDA_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tiny-durable-agent"))
 
 # Fixed ports, all on loopback. Placement and scheduler get health and
@@ -293,8 +293,27 @@ class LLMChoice:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def choose_llm(env: dict[str, str]) -> LLMChoice:
+def describe_llm(env: dict[str, str]) -> LLMChoice:
     """OpenAI with a key; an OpenAI-compatible endpoint with a base URL; Dapr's echo otherwise.
+
+    Only decides; choose_llm() also lays out the resources folder it names.
+    """
+    if env.get("OPENAI_BASE_URL"):
+        extra = {"OPENAI_MODEL": env.get("OPENAI_MODEL") or "gpt-4o-mini",
+                 # conversation.openai refuses an empty key, even for a keyless local server.
+                 "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or "unused"}
+        return LLMChoice("openai-compatible", STATE_DIR / "resources-openai-compatible",
+                         f"LLM: OpenAI-compatible endpoint {env['OPENAI_BASE_URL']} "
+                         f"(model {extra['OPENAI_MODEL']})", extra)
+    if env.get("OPENAI_API_KEY"):
+        return LLMChoice("openai", RESOURCES_DIR, "LLM: OpenAI (key from OPENAI_API_KEY, via the secret store)")
+    return LLMChoice("echo", STATE_DIR / "resources-echo",
+                     "LLM: none configured, so Dapr's conversation.echo answers: the agent ECHOES your "
+                     "prompt back. Set OPENAI_API_KEY (or OPENAI_BASE_URL) for a real model.")
+
+
+def choose_llm(env: dict[str, str]) -> LLMChoice:
+    """describe_llm(), with its resources folder ready to pass to `dapr run`.
 
     `resources/` holds the OpenAI provider, so the README's plain
     `dapr run --resources-path ./resources` works with a key. For the two
@@ -302,29 +321,19 @@ def choose_llm(env: dict[str, str]) -> LLMChoice:
     provider from `resources/llm/` (Dapr allows one conversation component
     to be the default, so the others must not be loaded at all).
     """
-    if env.get("OPENAI_BASE_URL"):
-        extra = {"OPENAI_MODEL": env.get("OPENAI_MODEL") or "gpt-4o-mini",
-                 # conversation.openai refuses an empty key, even for a keyless local server.
-                 "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or "unused"}
-        return LLMChoice("openai-compatible", _resources_with("openai-compatible"),
-                         f"LLM: OpenAI-compatible endpoint {env['OPENAI_BASE_URL']} "
-                         f"(model {extra['OPENAI_MODEL']})", extra)
-    if env.get("OPENAI_API_KEY"):
-        return LLMChoice("openai", RESOURCES_DIR, "LLM: OpenAI (key from OPENAI_API_KEY, via the secret store)")
-    return LLMChoice("echo", _resources_with("echo"),
-                     "LLM: none configured, so Dapr's conversation.echo answers: the agent ECHOES your "
-                     "prompt back. Set OPENAI_API_KEY (or OPENAI_BASE_URL) for a real model.")
+    choice = describe_llm(env)
+    if choice.resources != RESOURCES_DIR:
+        _resources_with(choice.name, choice.resources)
+    return choice
 
 
-def _resources_with(provider: str) -> Path:
-    target = STATE_DIR / f"resources-{provider}"
+def _resources_with(provider: str, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for source in RESOURCES_DIR.glob("*.yaml"):
         if source.name != "llm-provider.yaml":
             shutil.copy(source, target / source.name)
     shutil.copy(RESOURCES_DIR / "llm" / f"{provider}.yaml", target / "llm-provider.yaml")
-    return target
 
 
 def dapr_run_argv(runtime: DaprRuntime, app: list[str], resources: Path) -> list[str]:
