@@ -75,7 +75,7 @@ def history_picture(instance_id: str) -> None:
     rows = history(instance_id, sidecar_grpc_port("durable-agent-service"))
     lines = [f"$ make history ID={instance_id}", f"{'ID':>4}  {'TYPE':<20} {'NAME':<44} {'ELAPSED':>10}"]
     lines += [f"{r['event_id']:>4}  {r['type']:<20} {r['name']:<44} {r['elapsed_ms']:>8.1f}ms" for r in rows]
-    fig = plt.figure(figsize=(10, 0.24 * len(lines) + 0.4))
+    fig = plt.figure(figsize=(8.2, 0.18 * len(lines) + 0.3))
     fig.patch.set_facecolor("#1e1e1e")
     fig.text(0.01, 0.98, "\n".join(lines), family="monospace", fontsize=9, color="#e6e6e6", va="top")
     fig.savefig(IMAGES / "workflow-history.png", dpi=110, facecolor=fig.get_facecolor())

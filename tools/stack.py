@@ -229,11 +229,14 @@ def stop_dapr_run(name: str, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
     if cli is None:
         return stop(name)
     with contextlib.suppress(psutil.Error):
-        apps = [child for child in cli.children() if child.name() != "daprd"]
+        children = cli.children()
+        apps = [child for child in children if child.name() != "daprd"]
         for app in apps:
             app.send_signal(signal.SIGINT)
         psutil.wait_procs(apps, timeout=timeout_s)
         cli.wait(timeout=10)
+        # The CLI does not wait for the daprd it kills; its ports are free only once it is gone.
+        psutil.wait_procs(children, timeout=10)
     stop(name)
     return True
 
