@@ -60,6 +60,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(line)
 
 
+def workflow_key_mentioning(redis_client, text: str) -> str | None:
+    """The Redis key of the run whose conversation mentions `text` (its id is the key's suffix)."""
+    for key in redis_client.scan_iter(match=f"{SERVICE_APP_ID}||assistant:_workflow_*", count=1000):
+        if text in (redis_client.hget(key, "data") or ""):
+            return key
+    return None
+
+
 def env_without_llm_settings() -> dict[str, str]:
     """The test process's environment minus any LLM the developer configured."""
     return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
@@ -158,7 +166,13 @@ class Service:
 
     def wait_until_done(self, instance_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
         def done():
-            status = self.status(instance_id)
+            response = self.http.get(f"/run/{instance_id}")
+            if response.status_code == 500:
+                # Known: the sidecar can read a run's state from Redis while it is half
+                # written ("inbox key ... missing from state store"); the next read is fine.
+                return None
+            assert response.status_code == 200, response.text
+            status = response.json()
             return status if status["runtime_status"] in {"COMPLETED", "FAILED", "TERMINATED"} else None
 
         return wait_for(done, f"run {instance_id} to finish", timeout_s)

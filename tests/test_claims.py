@@ -16,7 +16,7 @@ import uuid
 import httpx
 import redis
 
-from conftest import SERVICE_APP_ID, TEST_LLM_TIMEOUT, wait_for
+from conftest import SERVICE_APP_ID, wait_for
 from tools import stack
 
 ZIPKIN = f"http://127.0.0.1:{stack.ZIPKIN_PORT}"

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import SERVICE_APP_ID, record_figure, wait_for
+from conftest import SERVICE_APP_ID, record_figure, wait_for, workflow_key_mentioning
 from tools import stack
 
 
@@ -115,17 +115,10 @@ def test_a_task_published_while_the_app_is_down_runs_when_it_is_back(service, sc
 
     service.start()
 
-    key = wait_for(lambda: _workflow_key_mentioning(redis_client, task), "the waiting task to start a run")
+    key = wait_for(lambda: workflow_key_mentioning(redis_client, task), "the waiting task to start a run")
     status = service.wait_until_done(key.rsplit("_", 1)[1])
     assert status["runtime_status"] == "COMPLETED"
     assert json.loads(status["serialized_output"])["content"] == "You came back"
-
-
-def _workflow_key_mentioning(redis_client, text: str) -> str | None:
-    for key in redis_client.scan_iter(match=f"{SERVICE_APP_ID}||assistant:_workflow_*", count=1000):
-        if text in (redis_client.hget(key, "data") or ""):
-            return key
-    return None
 
 
 def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scripted_llm, llm_env):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from conftest import SERVICE_APP_ID, wait_for
+from conftest import SERVICE_APP_ID, wait_for, workflow_key_mentioning
 
 
 def unique_task(what: str) -> str:
@@ -47,7 +47,7 @@ def test_a_task_published_to_assistant_topic_starts_a_run_that_completes(service
 
     assert response.status_code == 204
     # The run's id is the suffix of the state key holding its conversation.
-    key = wait_for(lambda: _workflow_key_mentioning(redis_client, task), f"a run of {task!r}")
+    key = wait_for(lambda: workflow_key_mentioning(redis_client, task), f"a run of {task!r}")
     instance_id = key.rsplit("_", 1)[1]
     status = service.wait_until_done(instance_id)
     assert status["runtime_status"] == "COMPLETED"
@@ -86,10 +86,3 @@ def test_the_agent_is_in_the_registry_while_the_service_runs(service, redis_clie
     assert entry["agent"]["appid"] == SERVICE_APP_ID
     assert entry["pubsub"] == {"resource_name": "agent-pubsub", "agent_topic": "assistant.topic",
                                "broadcast_topic": "agents.broadcast"}
-
-
-def _workflow_key_mentioning(redis_client, text: str) -> str | None:
-    for key in redis_client.scan_iter(match=f"{SERVICE_APP_ID}||assistant:_workflow_*", count=1000):
-        if text in (redis_client.hget(key, "data") or ""):
-            return key
-    return None

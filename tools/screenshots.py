@@ -13,7 +13,6 @@ Everything it starts, it stops.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
