@@ -364,8 +364,9 @@ def services(runtime: DaprRuntime) -> list[Service]:
         Service("redis", [
             redis_server, "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
             "--dir", str(DATA_DIR / "redis"), "--daemonize", "no",
-            # Every write is on disk before Redis acknowledges it, so a Redis
-            # restart loses nothing the agent was told was saved.
+            # Every write reaches the append-only file before Redis acknowledges
+            # it, so a killed Redis loses nothing; fsync on every write, so a
+            # crash of the whole machine loses nothing acknowledged either.
             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
             # The Configuration API's subscriptions listen for keyspace events.
             "--notify-keyspace-events", "KA",
