@@ -18,6 +18,7 @@ import redis
 
 from conftest import SERVICE_APP_ID, wait_for
 from tools import stack
+from tools.workflows import history, sidecar_grpc_port
 
 ZIPKIN = f"http://127.0.0.1:{stack.ZIPKIN_PORT}"
 METRICS = "http://127.0.0.1:9090/metrics"
@@ -140,10 +141,15 @@ def test_a_system_prompt_set_in_the_configuration_store_reaches_the_running_agen
 def test_llm_errors_are_retried_by_the_sidecar_and_the_run_completes(service, scripted_llm):
     scripted_llm.fail_next(500, 429)
 
-    completed_run(service, scripted_llm, answer="Third time lucky")
+    instance_id = completed_run(service, scripted_llm, answer="Third time lucky")
 
     statuses = [call.answered_status for call in scripted_llm.task_calls()]
     assert statuses == [500, 429, 200]
+    # The sidecar retried inside one activity: dapr-agents never saw a failure
+    # (without the policy it would retry the whole activity: taskFailed events).
+    events = history(instance_id, sidecar_grpc_port(SERVICE_APP_ID))
+    call_llm = [e["type"] for e in events if e["name"].endswith(".call_llm")]
+    assert call_llm == ["taskScheduled", "taskCompleted"]
 
 
 def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(service, scripted_llm):
