@@ -49,6 +49,11 @@ def record_figure(test: str, **figures: object) -> None:
         out.write(json.dumps({"test": test, **figures}) + "\n")
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The secure-mode tests restart the stack with TLS; they go last."""
+    items.sort(key=lambda item: item.get_closest_marker("secure") is not None)
+
+
 def pytest_sessionstart(session) -> None:
     FIGURES.unlink(missing_ok=True)
 
@@ -138,7 +143,16 @@ class Service:
         with open(self.log, "ab") as log:
             log.write(b"\n===== service start =====\n")
         process = stack.spawn("service", self.argv, env=self.env, log=self.log, append=True)
-        stack.wait_until(stack.service_ready, "durable_agent_service.py under dapr run", process=process, log=self.log)
+        stack.wait_until(lambda: stack.service_ready(self.env.get("DAPR_API_TOKEN")),
+                         "durable_agent_service.py under dapr run", process=process, log=self.log)
+
+    def use_mtls(self, on: bool) -> None:
+        """Run with the secure configuration: mTLS through sentry, access control."""
+        config = ["--config", str(stack.SECURE_DIR / "service-config.yaml")]
+        self.argv = [a for a in self.argv if a not in config]
+        if on:
+            self.argv[self.argv.index("run") + 1:self.argv.index("run") + 1] = config
+            self.env |= stack.mtls_env()
 
     def stop(self) -> None:
         """Graceful: the app is interrupted first, then `dapr run` stops its sidecar."""

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("TDA_STATE_DIR", ROOT / ".stack"))
 LOG_DIR, PID_DIR, DATA_DIR = STATE_DIR / "logs", STATE_DIR / "pids", STATE_DIR / "data"
 RESOURCES_DIR = ROOT / "resources"
+SECURE_DIR = RESOURCES_DIR / "secure"
 VENV_BIN = ROOT / ".venv" / "bin"
 
 DAPR_RUNTIME_VERSION = "1.18.2"
@@ -53,6 +54,12 @@ PLACEMENT_PORT, PLACEMENT_HEALTHZ_PORT, PLACEMENT_METRICS_PORT = 50005, 58080, 5
 SCHEDULER_PORT, SCHEDULER_HEALTHZ_PORT, SCHEDULER_METRICS_PORT = 50006, 58081, 59091
 SCHEDULER_ETCD_CLIENT_PORT, SCHEDULER_ETCD_PEER_PORT = 52379, 52380
 ZIPKIN_PORT = 9411
+# Sentry takes 50001 because `dapr run` points an mTLS sidecar at
+# localhost:50001 and nowhere else; `dapr run` then gives the sidecar's own
+# gRPC API another (random) port.
+SENTRY_PORT, SENTRY_HEALTHZ_PORT, SENTRY_METRICS_PORT = 50001, 58082, 59092
+SENTRY_CREDENTIALS = DATA_DIR / "sentry"
+TRUST_DOMAIN = "localhost"
 ZIPKIN_VERSION = "3.6.1"
 
 # The two commands of the README, verbatim after `dapr run`.
@@ -357,7 +364,8 @@ class Service:
     ready: Callable[[], bool]
 
 
-def services(runtime: DaprRuntime) -> list[Service]:
+def services(runtime: DaprRuntime, mtls: bool = False) -> list[Service]:
+    """The stack's services; with `mtls`, placement and scheduler speak TLS with sentry's certificates."""
     redis_server = shutil.which("redis-server") or "redis-server"
     bin_dir = runtime.bin_dir
     return [
@@ -375,6 +383,7 @@ def services(runtime: DaprRuntime) -> list[Service]:
             str(bin_dir / "placement"), "--port", str(PLACEMENT_PORT), "--listen-address", "127.0.0.1",
             "--healthz-port", str(PLACEMENT_HEALTHZ_PORT), "--healthz-listen-address", "127.0.0.1",
             "--metrics-port", str(PLACEMENT_METRICS_PORT), "--metrics-listen-address", "127.0.0.1",
+            *(_control_plane_tls() if mtls else []),
         ], {"placement": PLACEMENT_PORT, "placement health": PLACEMENT_HEALTHZ_PORT,
             "placement metrics": PLACEMENT_METRICS_PORT},
             lambda: http_ok(f"http://127.0.0.1:{PLACEMENT_HEALTHZ_PORT}/healthz")),
@@ -386,11 +395,55 @@ def services(runtime: DaprRuntime) -> list[Service]:
             "--etcd-client-listen-address", "127.0.0.1",
             "--etcd-client-port", str(SCHEDULER_ETCD_CLIENT_PORT),
             "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{SCHEDULER_ETCD_PEER_PORT}",
+            *([*_control_plane_tls(), "--id", "dapr-scheduler-server-0",
+               # It must not exist yet: the scheduler creates it with its certificate.
+               "--identity-directory-write", str(DATA_DIR / f"scheduler-identity-{os.getpid()}")]
+              if mtls else []),
         ], {"scheduler": SCHEDULER_PORT, "scheduler health": SCHEDULER_HEALTHZ_PORT,
             "scheduler metrics": SCHEDULER_METRICS_PORT, "scheduler etcd": SCHEDULER_ETCD_CLIENT_PORT,
             "scheduler etcd peer": SCHEDULER_ETCD_PEER_PORT},
             lambda: http_ok(f"http://127.0.0.1:{SCHEDULER_HEALTHZ_PORT}/healthz")),
     ]
+
+
+def sentry_service(runtime: DaprRuntime) -> Service:
+    """Sentry, the certificate authority for mTLS; it creates its CA in SENTRY_CREDENTIALS on first start."""
+    return Service("sentry", [
+        str(runtime.bin_dir / "sentry"), "--mode", "standalone", "--config", str(SECURE_DIR / "sentry-config.yaml"),
+        "--issuer-credentials", str(SENTRY_CREDENTIALS), "--trust-domain", TRUST_DOMAIN,
+        "--port", str(SENTRY_PORT), "--listen-address", "127.0.0.1",
+        "--healthz-port", str(SENTRY_HEALTHZ_PORT), "--metrics-port", str(SENTRY_METRICS_PORT),
+    ], {"sentry": SENTRY_PORT, "sentry health": SENTRY_HEALTHZ_PORT, "sentry metrics": SENTRY_METRICS_PORT},
+        lambda: http_ok(f"http://127.0.0.1:{SENTRY_HEALTHZ_PORT}/healthz")
+        and (SENTRY_CREDENTIALS / "ca.crt").exists())
+
+
+def _create_sentry_credentials(runtime: DaprRuntime) -> None:
+    """Let sentry create its CA once, then stop it. Writing the files makes a
+    running sentry reload itself, and certificates asked for during that
+    reload fail; a sentry that finds them at start does not reload."""
+    service = sentry_service(runtime)
+    require_free(service.ports)
+    SENTRY_CREDENTIALS.mkdir(parents=True, exist_ok=True)
+    process = spawn("sentry", service.argv, log=LOG_DIR / "sentry-first-start.log")
+    try:
+        wait_until(service.ready, "sentry creating its certificates", process=process,
+                   log=LOG_DIR / "sentry-first-start.log")
+    finally:
+        stop("sentry")
+    say(f"sentry: created a root certificate in {_rel(SENTRY_CREDENTIALS)}")
+
+
+def _control_plane_tls() -> list[str]:
+    return ["--tls-enabled", "--trust-domain", TRUST_DOMAIN, "--trust-anchors-file", str(SENTRY_CREDENTIALS / "ca.crt"),
+            "--sentry-address", f"127.0.0.1:{SENTRY_PORT}"]
+
+
+def mtls_env() -> dict[str, str]:
+    """What an mTLS sidecar needs in its environment: sentry's root certificate, and its address on loopback."""
+    return {"DAPR_TRUST_ANCHORS": (SENTRY_CREDENTIALS / "ca.crt").read_text(), "NAMESPACE": "default",
+            # mDNS would announce the machine's address; invocations stay on loopback.
+            "DAPR_HOST_IP": "127.0.0.1"}
 
 
 def zipkin_service() -> Service | None:
@@ -405,7 +458,7 @@ def zipkin_service() -> Service | None:
     ], {"zipkin": ZIPKIN_PORT}, lambda: http_ok(f"http://127.0.0.1:{ZIPKIN_PORT}/health"))
 
 
-def up(tracing: bool = True) -> tuple[DaprRuntime, list[str]]:
+def up(tracing: bool = True, mtls: bool = False) -> tuple[DaprRuntime, list[str]]:
     """Start every service that is not already running; wait until each is healthy.
 
     Services start side by side and are then awaited one by one, so the
@@ -415,7 +468,12 @@ def up(tracing: bool = True) -> tuple[DaprRuntime, list[str]]:
     """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
-    wanted = services(runtime)
+    wanted = services(runtime, mtls)
+    if mtls:
+        # Sentry first: placement and scheduler need its root certificate to start.
+        wanted.insert(0, sentry_service(runtime))
+        if not (SENTRY_CREDENTIALS / "ca.crt").exists() and recorded("sentry") is None:
+            _create_sentry_credentials(runtime)
     if tracing:
         zipkin = zipkin_service()
         if zipkin is None:
@@ -438,6 +496,8 @@ def up(tracing: bool = True) -> tuple[DaprRuntime, list[str]]:
             require_free(service.ports)
             (DATA_DIR / service.name).mkdir(parents=True, exist_ok=True)
             started.append((service, spawn(service.name, service.argv), time.monotonic()))
+            if service.name == "sentry":
+                wait_until(service.ready, "sentry", process=started[-1][1], log=LOG_DIR / "sentry.log")
         for service, process, t0 in started:
             port = next(iter(service.ports.values()))
             log = LOG_DIR / f"{service.name}.log"
@@ -453,7 +513,7 @@ def up(tracing: bool = True) -> tuple[DaprRuntime, list[str]]:
 def down() -> None:
     """Stop everything this stack recorded, apps first, then services."""
     names = sorted(p.stem for p in PID_DIR.glob("*.pid")) if PID_DIR.exists() else []
-    order = {"redis": 4, "zipkin": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
+    order = {"redis": 5, "sentry": 4, "zipkin": 3, "scheduler": 2, "placement": 1}  # apps (0) stop before what they use
     for name in sorted(names, key=lambda n: order.get(n, 0)):
         if (stop(name) if name in order else stop_dapr_run(name)):
             say(f"{name}: stopped")
@@ -479,12 +539,17 @@ def _rel(path: Path) -> str:
 # --------------------------------------------------------------------------
 # run / serve: one of the README's `dapr run` commands, with the stack around it
 # --------------------------------------------------------------------------
-def service_ready() -> bool:
-    """The service answers, its sidecar is healthy and its topic subscription is live."""
+def service_ready(api_token: str | None = None) -> bool:
+    """The service answers, its sidecar is healthy and its topic subscription is live.
+
+    `api_token`: the sidecar's DAPR_API_TOKEN, if it has one (its metadata needs it).
+    """
     if not (http_ok("http://127.0.0.1:3500/v1.0/healthz") and http_ok("http://127.0.0.1:8001/openapi.json")):
         return False
+    request = urllib.request.Request("http://127.0.0.1:3500/v1.0/metadata",
+                                     headers={"dapr-api-token": api_token} if api_token else {})
     try:
-        with urllib.request.urlopen("http://127.0.0.1:3500/v1.0/metadata", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             metadata = json.load(response)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -497,7 +562,8 @@ def run_app(app: list[str], name: str) -> int:
     A one-shot run skips Zipkin: it would add ~10 s and its in-memory traces
     would vanish when the run stops it again. `serve` and `up` include it.
     """
-    runtime, started = up(tracing=name != "minimal")
+    mtls = os.environ.get("TDA_MTLS") == "1"
+    runtime, started = up(tracing=name != "minimal", mtls=mtls)
     try:
         llm = choose_llm(dict(os.environ))
         say(llm.banner)
@@ -506,13 +572,18 @@ def run_app(app: list[str], name: str) -> int:
         say("$ dapr run " + " ".join(app))
         # Own process group, so Ctrl+C reaches us first and we stop the
         # sidecar and the app in order instead of racing them.
-        popen = subprocess.Popen(dapr_run_argv(runtime, app, llm.resources), cwd=ROOT,
-                                 env=runtime.env() | llm.env, start_new_session=True, stdin=subprocess.DEVNULL)
+        argv, env = dapr_run_argv(runtime, app, llm.resources), runtime.env() | llm.env
+        if mtls:
+            say("secure mode: mTLS through sentry, access control from resources/secure/service-config.yaml")
+            argv[2:2] = ["--config", str(SECURE_DIR / "service-config.yaml")]
+            env |= mtls_env()
+        popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
         _record(name, popen.pid)
         with _graceful_stop_on_signal(popen) as stopping:
             if name == "service":
                 with contextlib.suppress(StackError):
-                    wait_until(lambda: service_ready() or popen.poll() is not None or stopping.is_set(),
+                    wait_until(lambda: service_ready(env.get("DAPR_API_TOKEN")) or popen.poll() is not None
+                               or stopping.is_set(),
                                "the service")
                 if popen.poll() is None and not stopping.is_set():
                     say("ready. In another terminal: curl -i -X POST http://localhost:8001/run "
@@ -574,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up()
+            up(mtls=os.environ.get("TDA_MTLS") == "1")
             say("stack is up; `make stop` stops it")
         elif args.command == "down":
             down()
