@@ -569,14 +569,15 @@ def run_app(app: list[str], name: str) -> int:
         say(llm.banner)
         if name == "service":
             require_free(SERVICE_PORTS)
-        say("$ dapr run " + " ".join(app))
-        # Own process group, so Ctrl+C reaches us first and we stop the
-        # sidecar and the app in order instead of racing them.
-        argv, env = dapr_run_argv(runtime, app, llm.resources), runtime.env() | llm.env
+        # Paths relative to the repository, as the README writes them and as we print them.
+        argv, env = dapr_run_argv(runtime, app, Path(_rel(llm.resources))), runtime.env() | llm.env
         if mtls:
             say("secure mode: mTLS through sentry, access control from resources/secure/service-config.yaml")
-            argv[2:2] = ["--config", str(SECURE_DIR / "service-config.yaml")]
+            argv[2:2] = ["--config", _rel(SECURE_DIR / "service-config.yaml")]
             env |= mtls_env()
+        say("$ dapr run " + " ".join(argv[2:]))
+        # Own process group, so Ctrl+C reaches us first and we stop the
+        # sidecar and the app in order instead of racing them.
         popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
         _record(name, popen.pid)
         with _graceful_stop_on_signal(popen) as stopping:
