@@ -18,6 +18,7 @@ import redis
 
 from conftest import SERVICE_APP_ID, wait_for
 from tools import stack
+from tools.bench import metric_total
 from tools.workflows import history, sidecar_grpc_port
 
 ZIPKIN = f"http://127.0.0.1:{stack.ZIPKIN_PORT}"
@@ -54,14 +55,6 @@ def test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call(servi
     assert any(s["tags"].get("db.name") == "agent-workflow" for s in spans)  # state writes, in the same trace
 
 
-def _metric(text: str, family: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(family + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run(service, scripted_llm):
     before = httpx.get(METRICS).text
     completed_run(service, scripted_llm)
@@ -71,10 +64,10 @@ def test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run(service,
     runs = ("dapr_runtime_workflow_execution_count", {"app_id": SERVICE_APP_ID, "status": "success"})
     llm = ("dapr_component_conversation_count", {"component": "llm-provider", "success": "true"})
     state = ("dapr_component_state_count", {"component": "agent-workflow", "success": "true"})
-    assert _metric(after, runs[0], **runs[1]) - _metric(before, runs[0], **runs[1]) == 1
-    assert _metric(after, llm[0], **llm[1]) - _metric(before, llm[0], **llm[1]) == 2
-    assert _metric(after, state[0], **state[1]) > _metric(before, state[0], **state[1])
-    assert _metric(after, "dapr_grpc_io_server_completed_rpcs") > _metric(before, "dapr_grpc_io_server_completed_rpcs")
+    assert metric_total(after, runs[0], **runs[1]) - metric_total(before, runs[0], **runs[1]) == 1
+    assert metric_total(after, llm[0], **llm[1]) - metric_total(before, llm[0], **llm[1]) == 2
+    assert metric_total(after, state[0], **state[1]) > metric_total(before, state[0], **state[1])
+    assert metric_total(after, "dapr_grpc_io_server_completed_rpcs") > metric_total(before, "dapr_grpc_io_server_completed_rpcs")
 
 
 def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(service, scripted_llm):

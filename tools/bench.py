@@ -186,11 +186,11 @@ class Bench:
 
         client = redis.Redis(port=stack.REDIS_PORT)
         before_cmds, before_net = _commandstats(client), client.info("stats")["total_net_input_bytes"]
-        before_llm = _metric(httpx.get(metrics_url).text, "dapr_component_conversation_count")
+        before_llm = metric_total(httpx.get(metrics_url).text, "dapr_component_conversation_count")
         for i in range(self.plan.cost_runs):
             self.run_once(f"cost {i}")
         after_cmds, after_net = _commandstats(client), client.info("stats")["total_net_input_bytes"]
-        after_llm = _metric(httpx.get(metrics_url).text, "dapr_component_conversation_count")
+        after_llm = metric_total(httpx.get(metrics_url).text, "dapr_component_conversation_count")
         client.close()
         runs = self.plan.cost_runs
         per_command = {c: round((after_cmds.get(c, 0) - before_cmds.get(c, 0)) / runs, 1) for c in after_cmds}
@@ -205,8 +205,10 @@ def _commandstats(client) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()}
 
 
-def _metric(text: str, family: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(family + "{"))
+def metric_total(text: str, family: str, **labels: str) -> float:
+    """The sum of a Prometheus metric family's samples whose labels include `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(family + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
 class ResourceSampler:
