@@ -24,7 +24,7 @@ run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `d
 	@$(VENV_PY) -m tools.doctor --quick --failures-only
 	@$(STACK) run
 
-serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all
+serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode)
 	@$(STACK) serve
 
 test: setup ## the end-to-end test suite against a real local Dapr stack

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 import httpx
@@ -132,6 +133,7 @@ class Service:
         resiliency.write_text(resiliency.read_text().replace("llm: 60s", f"llm: {TEST_LLM_TIMEOUT}"))
         self.argv = stack.dapr_run_argv(runtime, stack.SERVICE_APP, self.resources)
         self.env = runtime.env(env) | llm.env
+        self.plain_argv, self.plain_env = list(self.argv), dict(self.env)
         self.log = stack.LOG_DIR / "service.log"
         self.http = httpx.Client(base_url=SERVICE_URL, timeout=30)
         self.sidecar = httpx.Client(base_url=SIDECAR_URL, timeout=30)
@@ -146,13 +148,21 @@ class Service:
         stack.wait_until(lambda: stack.service_ready(self.env.get("DAPR_API_TOKEN")),
                          "durable_agent_service.py under dapr run", process=process, log=self.log)
 
-    def use_mtls(self, on: bool) -> None:
-        """Run with the secure configuration: mTLS through sentry, access control."""
-        config = ["--config", str(stack.SECURE_DIR / "service-config.yaml")]
-        self.argv = [a for a in self.argv if a not in config]
-        if on:
-            self.argv[self.argv.index("run") + 1:self.argv.index("run") + 1] = config
+    def reconfigure(self, config: Path | None = None, secure: bool = False) -> None:
+        """How the next start() runs: with `--config config` (None: the CLI's default
+        configuration) and, if `secure`, as `TDA_SECURE=1 make serve` runs it: mTLS
+        through sentry and every Redis password read from the secret store."""
+        self.argv, self.env = list(self.plain_argv), dict(self.plain_env)
+        if config is not None:
+            self.argv[self.argv.index("run") + 1:self.argv.index("run") + 1] = ["--config", str(config)]
+        if secure:
+            resources = stack.secure_resources(self.resources, stack.STATE_DIR / "resources-tests-secure")
+            self.argv[self.argv.index("--resources-path") + 1] = str(resources)
             self.env |= stack.mtls_env()
+
+    @property
+    def resources_in_use(self) -> Path:
+        return Path(self.argv[self.argv.index("--resources-path") + 1])
 
     def stop(self) -> None:
         """Graceful: the app is interrupted first, then `dapr run` stops its sidecar."""

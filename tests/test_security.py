@@ -1,9 +1,11 @@
-"""Workload identity, mTLS, access control and API tokens, for real.
+"""Workload identity, mTLS, access control, API tokens and Redis's password, for real.
 
-These tests switch the session's stack to secure mode (TDA_MTLS=1): sentry
-issues certificates, placement and scheduler speak TLS, and the service runs
-with `resources/secure/service-config.yaml`. They run last (see conftest), and
-the session's teardown stops the secure stack like any other.
+The first tests use the session's plain stack. The others switch it to
+secure mode, as `TDA_SECURE=1 make serve` does: sentry issues certificates,
+placement and scheduler speak TLS, Redis wants a password that the sidecar
+reads from a secret store, and the service runs with
+`resources/secure/service-config.yaml`. This module runs last (see conftest),
+and the session's teardown stops the secure stack like any other.
 """
 
 from __future__ import annotations
@@ -12,30 +14,106 @@ import socket
 import ssl
 
 import httpx
+import psutil
 import pytest
+import redis
+import yaml
 from cryptography import x509
 
-from conftest import SERVICE_APP_ID
+from conftest import SERVICE_APP_ID, workflow_key_mentioning
 from tools import stack
 
 pytestmark = pytest.mark.secure
 
 SPIFFE_ID = f"spiffe://public/ns/default/{SERVICE_APP_ID}"
+SECURE_CONFIG = stack.SECURE_DIR / "service-config.yaml"
+REDIS_COMPONENTS = ["agent-config", "agent-memory", "agent-pubsub", "agent-registry", "agent-workflow"]
 
 
-@pytest.fixture(scope="module")
-def secure_service(service_session, local_stack):
-    """The session's service, restarted on a stack with sentry and mTLS."""
+def _caller(name: str, port: int, local_stack, service, no_components, secure: bool = True) -> None:
+    """A sidecar without an app, for app `name`; with mTLS if `secure`."""
+    config = ["--config", str(stack.SECURE_DIR / "caller-config.yaml")] if secure else []
+    process = stack.spawn(name, [str(local_stack.cli), "run", "--app-id", name, "--dapr-http-port", str(port),
+                                 *config, "--resources-path", str(no_components)],
+                          env=service.env)
+    stack.wait_until(lambda: stack.http_ok(f"http://127.0.0.1:{port}/v1.0/healthz"), f"the sidecar of {name}",
+                     process=process, log=stack.LOG_DIR / f"{name}.log")
+
+
+def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path, secure: bool) -> dict[str, httpx.Response]:
+    """POST /run to the agent through each caller's sidecar (Dapr service invocation)."""
+    no_components = tmp_path / "no-components"
+    no_components.mkdir()
+    try:
+        for name, port in callers.items():
+            _caller(name, port, local_stack, service, no_components, secure)
+        task = {"task": "Write a haiku about identity."}
+        return {name: httpx.post(f"http://127.0.0.1:{port}/v1.0/invoke/{SERVICE_APP_ID}/method/run",
+                                 json=task, timeout=30)
+                for name, port in callers.items()}
+    finally:
+        for name in callers:
+            stack.stop_dapr_run(name)
+
+
+# -- on the plain stack -----------------------------------------------------------------------
+def test_secure_mode_refuses_to_start_on_a_stack_running_in_plain_mode(local_stack):
+    with pytest.raises(stack.StackError) as refused:
+        stack.up(tracing=False, secure=True)
+    assert "running in plain mode, but secure mode was asked for" in str(refused.value)
+    assert "make stop" in str(refused.value)
+    assert stack.recorded("sentry") is None  # refused before starting anything
+
+
+def test_without_mtls_the_same_policy_cannot_tell_the_allowed_caller_from_others(service_session, local_stack,
+                                                                               tmp_path):
+    config = yaml.safe_load(SECURE_CONFIG.read_text())
+    config["spec"]["mtls"]["enabled"] = False
+    without_mtls = tmp_path / "service-config-without-mtls.yaml"
+    without_mtls.write_text(yaml.safe_dump(config))
     service_session.stop()
-    for name in ("placement", "scheduler"):
+    service_session.reconfigure(config=without_mtls)
+    try:
+        service_session.start()
+        answers = _invoke_run_from({"agent-caller": 3611, "stranger": 3612}, local_stack, service_session,
+                                   tmp_path, secure=False)
+    finally:
+        service_session.stop()
+        service_session.reconfigure()
+
+    # Without a client certificate there is no caller id (it is empty in the
+    # denial): the policy's global `deny` applies to everyone, the app it allows included.
+    for name, answer in answers.items():
+        assert answer.status_code == 403, (name, answer.text)
+        assert "access control policy has denied access to id:  operation: run" in answer.text
+
+
+# -- in secure mode ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def secure_session(service_session, local_stack):
+    """The session's service, restarted on a stack in secure mode."""
+    if stack.recorded("redis") is None:
+        pytest.skip("secure mode needs the stack's own Redis (it sets a password), but a Redis this stack "
+                    f"did not start listens on {stack.REDIS_PORT}: {stack.port_holder(stack.REDIS_PORT)}")
+    service_session.stop()
+    for name in ("placement", "scheduler", "redis"):
         stack.stop(name)
-    _, started = stack.up(tracing=False, mtls=True)
-    service_session.use_mtls(True)
+    _, started = stack.up(tracing=False, secure=True)
+    service_session.reconfigure(config=SECURE_CONFIG, secure=True)
     service_session.start()
     yield service_session
     service_session.stop()
+    service_session.reconfigure()
     for name in reversed(started):
         stack.stop(name)
+
+
+@pytest.fixture
+def secure_service(secure_session):
+    """The secure service, started again if an earlier test stopped it."""
+    if stack.recorded("service") is None:
+        secure_session.start()
+    return secure_session
 
 
 def _internal_grpc_port() -> int:
@@ -63,27 +141,11 @@ def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
     assert certificate.issuer != certificate.subject and ca.subject.rfc4514_string()  # issued under our CA
 
 
-def _caller(name: str, port: int, local_stack, service, no_components) -> None:
-    """A sidecar without an app, in secure mode, for app `name`."""
-    process = stack.spawn(name, [str(local_stack.cli), "run", "--app-id", name, "--dapr-http-port", str(port),
-                                 "--config", str(stack.SECURE_DIR / "caller-config.yaml"),
-                                 "--resources-path", str(no_components)],
-                          env=service.env)
-    stack.wait_until(lambda: stack.http_ok(f"http://127.0.0.1:{port}/v1.0/healthz"), f"the sidecar of {name}",
-                     process=process, log=stack.LOG_DIR / f"{name}.log")
-
-
 def test_only_the_allowed_caller_may_invoke_the_agent_through_dapr(secure_service, scripted_llm, local_stack,
                                                                    tmp_path):
-    _caller("agent-caller", 3611, local_stack, secure_service, tmp_path)
-    _caller("stranger", 3612, local_stack, secure_service, tmp_path)
-    try:
-        task = {"task": "Write a haiku about identity."}
-        allowed = httpx.post(f"http://127.0.0.1:3611/v1.0/invoke/{SERVICE_APP_ID}/method/run", json=task, timeout=30)
-        denied = httpx.post(f"http://127.0.0.1:3612/v1.0/invoke/{SERVICE_APP_ID}/method/run", json=task, timeout=30)
-    finally:
-        stack.stop_dapr_run("agent-caller")
-        stack.stop_dapr_run("stranger")
+    answers = _invoke_run_from({"agent-caller": 3611, "stranger": 3612}, local_stack, secure_service, tmp_path,
+                               secure=True)
+    allowed, denied = answers["agent-caller"], answers["stranger"]
 
     assert allowed.status_code == 200, allowed.text
     assert secure_service.wait_until_done(allowed.json()["instance_id"])["runtime_status"] == "COMPLETED"
@@ -112,3 +174,35 @@ def test_with_an_api_token_the_sidecar_refuses_calls_without_it(secure_service, 
     finally:
         secure_service.stop()
         del secure_service.env["DAPR_API_TOKEN"]
+
+
+def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out(secure_service, scripted_llm):
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=stack.REDIS_PORT).ping()
+    password = stack.redis_password()
+    authenticated = redis.Redis(host="127.0.0.1", port=stack.REDIS_PORT, password=password, decode_responses=True)
+
+    # The components the sidecar loads name the secret; none holds the password.
+    loaded = {path.stem: path.read_text() for path in secure_service.resources_in_use.glob("*.yaml")}
+    assert not [name for name, text in loaded.items() if password in text]
+    for name in REDIS_COMPONENTS:
+        component = yaml.safe_load(loaded[name])
+        assert component["auth"] == {"secretStore": "redis-secretstore"}
+        assert {"name": "redisPassword", "secretKeyRef": {"name": "redis-password", "key": "redis-password"}} \
+            in component["spec"]["metadata"]
+
+    # With it, the sidecar's state, workflow and memory reach Redis: a run completes and is stored.
+    scripted_llm.answer_next("Locked and keyed")
+    instance_id = secure_service.start_run("Write a haiku about a password.")
+    assert secure_service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
+    assert workflow_key_mentioning(authenticated, "a haiku about a password") is not None
+
+    # The app may not read it through the Secrets API.
+    denied = secure_service.sidecar.get("/v1.0/secrets/redis-secretstore/redis-password")
+    assert denied.status_code == 403 and password not in denied.text
+
+    # And Redis listens on loopback only.
+    redis_process = stack.recorded("redis")
+    listening = {conn.laddr.ip for conn in redis_process.net_connections() if conn.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+    authenticated.close()

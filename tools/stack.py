@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("TDA_STATE_DIR", ROOT / ".stack"))
@@ -59,6 +61,12 @@ ZIPKIN_PORT = 9411
 # gRPC API another (random) port.
 SENTRY_PORT, SENTRY_HEALTHZ_PORT, SENTRY_METRICS_PORT = 50001, 58082, 59092
 SENTRY_CREDENTIALS = DATA_DIR / "sentry"
+# Secure mode's Redis password: generated once, kept only in these two
+# owner-only files. Redis reads it from its config file; the sidecar reads
+# it through the secret store `redis-secretstore`, which reads the JSON file.
+REDIS_SECURE_CONF = DATA_DIR / "redis-secure.conf"
+REDIS_SECRETS_FILE = DATA_DIR / "redis-secrets.json"
+REDIS_SECRET_NAME = "redis-password"
 TRUST_DOMAIN = "localhost"
 ZIPKIN_VERSION = "3.6.1"
 
@@ -364,13 +372,15 @@ class Service:
     ready: Callable[[], bool]
 
 
-def services(runtime: DaprRuntime, mtls: bool = False) -> list[Service]:
-    """The stack's services; with `mtls`, placement and scheduler speak TLS with sentry's certificates."""
+def services(runtime: DaprRuntime, secure: bool = False) -> list[Service]:
+    """The stack's services. With `secure`, placement and scheduler speak TLS
+    with sentry's certificates and Redis requires a password."""
     redis_server = shutil.which("redis-server") or "redis-server"
     bin_dir = runtime.bin_dir
     return [
         Service("redis", [
-            redis_server, "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+            # A config file first: it holds the password, which a command line would show to `ps`.
+            redis_server, *([str(REDIS_SECURE_CONF)] if secure else []), "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
             "--dir", str(DATA_DIR / "redis"), "--daemonize", "no",
             # Every write reaches the append-only file before Redis acknowledges
             # it, so a killed Redis loses nothing; fsync on every write, so a
@@ -383,7 +393,7 @@ def services(runtime: DaprRuntime, mtls: bool = False) -> list[Service]:
             str(bin_dir / "placement"), "--port", str(PLACEMENT_PORT), "--listen-address", "127.0.0.1",
             "--healthz-port", str(PLACEMENT_HEALTHZ_PORT), "--healthz-listen-address", "127.0.0.1",
             "--metrics-port", str(PLACEMENT_METRICS_PORT), "--metrics-listen-address", "127.0.0.1",
-            *(_control_plane_tls() if mtls else []),
+            *(_control_plane_tls() if secure else []),
         ], {"placement": PLACEMENT_PORT, "placement health": PLACEMENT_HEALTHZ_PORT,
             "placement metrics": PLACEMENT_METRICS_PORT},
             lambda: http_ok(f"http://127.0.0.1:{PLACEMENT_HEALTHZ_PORT}/healthz")),
@@ -398,7 +408,7 @@ def services(runtime: DaprRuntime, mtls: bool = False) -> list[Service]:
             *([*_control_plane_tls(), "--id", "dapr-scheduler-server-0",
                # It must not exist yet: the scheduler creates it with its certificate.
                "--identity-directory-write", str(DATA_DIR / f"scheduler-identity-{os.getpid()}")]
-              if mtls else []),
+              if secure else []),
         ], {"scheduler": SCHEDULER_PORT, "scheduler health": SCHEDULER_HEALTHZ_PORT,
             "scheduler metrics": SCHEDULER_METRICS_PORT, "scheduler etcd": SCHEDULER_ETCD_CLIENT_PORT,
             "scheduler etcd peer": SCHEDULER_ETCD_PEER_PORT},
@@ -446,6 +456,68 @@ def mtls_env() -> dict[str, str]:
             "DAPR_HOST_IP": "127.0.0.1"}
 
 
+def _ensure_redis_password() -> None:
+    """Create secure mode's Redis password once, readable by its owner only."""
+    if REDIS_SECURE_CONF.exists() and REDIS_SECRETS_FILE.exists():
+        return
+    password = secrets.token_urlsafe(24)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    for path, text in ((REDIS_SECURE_CONF, f"requirepass {password}\n"),
+                       (REDIS_SECRETS_FILE, json.dumps({REDIS_SECRET_NAME: password}) + "\n")):
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(text)
+    say(f"redis: created a password for secure mode in {_rel(REDIS_SECRETS_FILE)} (owner-only)")
+
+
+def redis_password() -> str:
+    """Secure mode's Redis password (for tools and tests that talk to Redis directly)."""
+    return json.loads(REDIS_SECRETS_FILE.read_text())[REDIS_SECRET_NAME]
+
+
+def secure_resources(source: Path, target: Path) -> Path:
+    """A copy of the resources folder `source` in which every Redis component
+    reads its password from `redis-secretstore` (resources/secure/).
+
+    The shipped components say `redisPassword: ""`, true for the plain
+    stack's Redis. Here the value becomes a secretKeyRef that the sidecar
+    resolves when it loads the component, so the password is in no YAML file.
+    """
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("llm", "secure"))
+    for path in sorted(target.glob("*.yaml")):
+        component = yaml.safe_load(path.read_text())
+        password = [item for item in component["spec"].get("metadata") or [] if item["name"] == "redisPassword"]
+        if not password:
+            continue
+        password[0].pop("value", None)
+        password[0]["secretKeyRef"] = {"name": REDIS_SECRET_NAME, "key": REDIS_SECRET_NAME}
+        component["auth"] = {"secretStore": "redis-secretstore"}
+        path.write_text(f"# Written by tools/stack.py for secure mode from {path.name} of {_rel(source)}:\n"
+                        "# the Redis password comes from the secret store redis-secretstore.\n"
+                        + yaml.safe_dump(component, sort_keys=False))
+    store = yaml.safe_load((SECURE_DIR / "redis-secretstore.yaml").read_text())
+    store["spec"]["metadata"] = [{"name": "secretsFile", "value": str(REDIS_SECRETS_FILE)}]
+    (target / "redis-secretstore.yaml").write_text(
+        "# Written by tools/stack.py from resources/secure/redis-secretstore.yaml.\n"
+        + yaml.safe_dump(store, sort_keys=False))
+    return target
+
+
+def _secure_marker(name: str) -> str | None:
+    """The argument that tells a running service of ours was started in secure mode."""
+    return {"redis": str(REDIS_SECURE_CONF), "placement": "--tls-enabled", "scheduler": "--tls-enabled"}.get(name)
+
+
+def _check_mode(name: str, process: psutil.Process, secure: bool) -> None:
+    """Refuse to mix modes: a plain sidecar cannot use a TLS placement, nor a secure one a Redis without password."""
+    marker = _secure_marker(name)
+    with contextlib.suppress(psutil.Error):
+        if marker is not None and (marker in process.cmdline()) != secure:
+            running, wanted = ("secure", "plain") if not secure else ("plain", "secure")
+            raise StackError(f"{name} of this stack is running in {running} mode, but {wanted} mode was asked "
+                             f"for (TDA_SECURE={'1' if secure else 'unset'}). Stop the stack first: `make stop`.")
+
+
 def zipkin_service() -> Service | None:
     """Zipkin, where the sidecar's default configuration sends traces; None without Java."""
     jar = TDA_HOME / "zipkin" / f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
@@ -458,7 +530,7 @@ def zipkin_service() -> Service | None:
     ], {"zipkin": ZIPKIN_PORT}, lambda: http_ok(f"http://127.0.0.1:{ZIPKIN_PORT}/health"))
 
 
-def up(tracing: bool = True, mtls: bool = False) -> tuple[DaprRuntime, list[str]]:
+def up(tracing: bool = True, secure: bool = False) -> tuple[DaprRuntime, list[str]]:
     """Start every service that is not already running; wait until each is healthy.
 
     Services start side by side and are then awaited one by one, so the
@@ -468,8 +540,16 @@ def up(tracing: bool = True, mtls: bool = False) -> tuple[DaprRuntime, list[str]
     """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
-    wanted = services(runtime, mtls)
-    if mtls:
+    wanted = services(runtime, secure)
+    for service in wanted:
+        running = recorded(service.name)
+        if running is not None:
+            _check_mode(service.name, running, secure)
+    if secure and recorded("redis") is None and redis_ping():
+        raise StackError(f"secure mode needs its own Redis with a password, but another Redis listens on "
+                         f"127.0.0.1:{REDIS_PORT}: {port_holder(REDIS_PORT)}. Stop it, or leave TDA_SECURE unset.")
+    if secure:
+        _ensure_redis_password()
         # Sentry first: placement and scheduler need its root certificate to start.
         wanted.insert(0, sentry_service(runtime))
         if not (SENTRY_CREDENTIALS / "ca.crt").exists() and recorded("sentry") is None:
@@ -539,6 +619,11 @@ def _rel(path: Path) -> str:
 # --------------------------------------------------------------------------
 # run / serve: one of the README's `dapr run` commands, with the stack around it
 # --------------------------------------------------------------------------
+def secure_mode_requested() -> bool:
+    """TDA_SECURE=1: mTLS through sentry, access control, and a Redis password from a secret store."""
+    return os.environ.get("TDA_SECURE") == "1"
+
+
 def service_ready(api_token: str | None = None) -> bool:
     """The service answers, its sidecar is healthy and its topic subscription is live.
 
@@ -562,17 +647,21 @@ def run_app(app: list[str], name: str) -> int:
     A one-shot run skips Zipkin: it would add ~10 s and its in-memory traces
     would vanish when the run stops it again. `serve` and `up` include it.
     """
-    mtls = os.environ.get("TDA_MTLS") == "1"
-    runtime, started = up(tracing=name != "minimal", mtls=mtls)
+    secure = secure_mode_requested()
+    runtime, started = up(tracing=name != "minimal", secure=secure)
     try:
         llm = choose_llm(dict(os.environ))
         say(llm.banner)
         if name == "service":
             require_free(SERVICE_PORTS)
+        resources = llm.resources
+        if secure:
+            resources = secure_resources(llm.resources, STATE_DIR / "resources-secure")
+            say(f"secure mode: mTLS through sentry, access control from resources/secure/service-config.yaml, "
+                f"Redis password from the secret store (components in {_rel(resources)})")
         # Paths relative to the repository, as the README writes them and as we print them.
-        argv, env = dapr_run_argv(runtime, app, Path(_rel(llm.resources))), runtime.env() | llm.env
-        if mtls:
-            say("secure mode: mTLS through sentry, access control from resources/secure/service-config.yaml")
+        argv, env = dapr_run_argv(runtime, app, Path(_rel(resources))), runtime.env() | llm.env
+        if secure:
             argv[2:2] = ["--config", _rel(SECURE_DIR / "service-config.yaml")]
             env |= mtls_env()
         say("$ dapr run " + " ".join(argv[2:]))
@@ -646,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up(mtls=os.environ.get("TDA_MTLS") == "1")
+            up(secure=secure_mode_requested())
             say("stack is up; `make stop` stops it")
         elif args.command == "down":
             down()
