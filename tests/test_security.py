@@ -176,6 +176,23 @@ def test_with_an_api_token_the_sidecar_refuses_calls_without_it(secure_service, 
         del secure_service.env["DAPR_API_TOKEN"]
 
 
+@pytest.mark.known_limitation
+def test_app_api_token_is_sent_by_the_sidecar_but_not_checked_by_the_agent(secure_service, scripted_llm):
+    """APP_API_TOKEN makes the sidecar send `dapr-api-token` to the app; dapr-agents'
+    routes never look at it, so any local process can still call the app directly."""
+    secure_service.stop()
+    secure_service.env["APP_API_TOKEN"] = "local-app-token"
+    try:
+        secure_service.start()
+        scripted_llm.answer_next("Nobody checks")
+        direct = secure_service.http.post("/run", json={"task": "Write a haiku without a token."})
+        assert direct.status_code == 200, direct.text  # would be 401 if the routes checked the token
+        assert secure_service.wait_until_done(direct.json()["instance_id"])["runtime_status"] == "COMPLETED"
+    finally:
+        secure_service.stop()
+        del secure_service.env["APP_API_TOKEN"]
+
+
 def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out(secure_service, scripted_llm):
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host="127.0.0.1", port=stack.REDIS_PORT).ping()
