@@ -117,13 +117,18 @@ def http_ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def redis_ping(port: int = REDIS_PORT) -> bool:
+def _redis_reply_to_ping(port: int = REDIS_PORT) -> bytes:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+            return sock.recv(64)
     except OSError:
-        return False
+        return b""
+
+
+def redis_ping(port: int = REDIS_PORT) -> bool:
+    """A Redis answers on `port`, with or without a password."""
+    return _redis_reply_to_ping(port).startswith((b"+PONG", b"-NOAUTH"))
 
 
 def port_in_use(port: int) -> bool:
@@ -503,19 +508,23 @@ def secure_resources(source: Path, target: Path) -> Path:
     return target
 
 
-def _secure_marker(name: str) -> str | None:
-    """The argument that tells a running service of ours was started in secure mode."""
-    return {"redis": str(REDIS_SECURE_CONF), "placement": "--tls-enabled", "scheduler": "--tls-enabled"}.get(name)
+def _runs_in_secure_mode(name: str, process: psutil.Process) -> bool | None:
+    """Whether a running service of ours was started in secure mode; None if it has no modes."""
+    if name == "redis":  # Redis rewrites its command line, so ask it
+        return _redis_reply_to_ping().startswith(b"-NOAUTH")
+    if name in ("placement", "scheduler"):
+        with contextlib.suppress(psutil.Error):
+            return "--tls-enabled" in process.cmdline()
+    return None
 
 
 def _check_mode(name: str, process: psutil.Process, secure: bool) -> None:
     """Refuse to mix modes: a plain sidecar cannot use a TLS placement, nor a secure one a Redis without password."""
-    marker = _secure_marker(name)
-    with contextlib.suppress(psutil.Error):
-        if marker is not None and (marker in process.cmdline()) != secure:
-            running, wanted = ("secure", "plain") if not secure else ("plain", "secure")
-            raise StackError(f"{name} of this stack is running in {running} mode, but {wanted} mode was asked "
-                             f"for (TDA_SECURE={'1' if secure else 'unset'}). Stop the stack first: `make stop`.")
+    running_secure = _runs_in_secure_mode(name, process)
+    if running_secure is not None and running_secure != secure:
+        running, wanted = ("secure", "plain") if not secure else ("plain", "secure")
+        raise StackError(f"{name} of this stack is running in {running} mode, but {wanted} mode was asked "
+                         f"for (TDA_SECURE={'1' if secure else 'unset'}). Stop the stack first: `make stop`.")
 
 
 def zipkin_service() -> Service | None:
