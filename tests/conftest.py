@@ -140,13 +140,10 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        stack.require_free(stack.SERVICE_PORTS)
         # Append, so one log holds every start of the session.
         with open(self.log, "ab") as log:
             log.write(b"\n===== service start =====\n")
-        process = stack.spawn("service", self.argv, env=self.env, log=self.log, append=True)
-        stack.wait_until(lambda: stack.service_ready(self.env.get("DAPR_API_TOKEN")),
-                         "durable_agent_service.py under dapr run", process=process, log=self.log)
+        stack.start_service(self.argv, self.env, self.log, append=True)
 
     def reconfigure(self, config: Path | None = None, secure: bool = False) -> None:
         """How the next start() runs: with `--config config` (None: the CLI's default

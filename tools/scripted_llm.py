@@ -233,11 +233,8 @@ def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -
     runtime, started = stack.up(tracing=tracing)
     try:
         choice = stack.choose_llm(env)
-        stack.require_free(stack.SERVICE_PORTS)
-        log = stack.LOG_DIR / f"{log_name}.log"
-        process = stack.spawn("service", stack.dapr_run_argv(runtime, stack.SERVICE_APP, choice.resources),
-                              env=runtime.env(env) | choice.env, log=log)
-        stack.wait_until(stack.service_ready, "the service", process=process, log=log)
+        stack.start_service(stack.dapr_run_argv(runtime, stack.SERVICE_APP, choice.resources),
+                            runtime.env(env) | choice.env, stack.LOG_DIR / f"{log_name}.log")
         yield llm
     finally:
         stack.stop_dapr_run("service")

@@ -650,6 +650,17 @@ def service_ready(api_token: str | None = None) -> bool:
     return any(sub.get("topic") == "assistant.topic" for sub in metadata.get("subscriptions") or [])
 
 
+def start_service(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> psutil.Process:
+    """Start the service's `dapr run` in the background, recorded as "service",
+    and return once it is ready (see service_ready). For tests and tools;
+    `make serve` runs it in the foreground instead (run_app)."""
+    require_free(SERVICE_PORTS)
+    process = spawn("service", argv, env=env, log=log, append=append)
+    wait_until(lambda: service_ready(env.get("DAPR_API_TOKEN")), "durable_agent_service.py under dapr run",
+               process=process, log=log)
+    return process
+
+
 def run_app(app: list[str], name: str) -> int:
     """Start the stack, run `dapr run <app>` until it exits or we are signalled, stop what we started.
 
