@@ -1,6 +1,7 @@
 """The README cannot drift: its Python blocks are the scripts, its `dapr run`
-lines are what `make run`/`make serve` run, and every command in its bash
-blocks is executed, here or by the test named for it."""
+lines are what `make run`/`make serve` run, every command in its bash
+blocks is executed, here or by the test named for it, and every test it
+names exists."""
 
 from __future__ import annotations
 
@@ -102,3 +103,13 @@ def test_the_readme_commands_work_against_the_running_service(service, scripted_
         for prefix, text in expected.items():
             if concrete.startswith(prefix):
                 assert text in result.stdout, f"{concrete}\n{result.stdout[:2000]}"
+
+
+def test_every_test_the_readme_names_exists():
+    tests = {path.name: path.read_text() for path in Path(__file__).parent.glob("test_*.py")}
+    named = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", README)
+
+    assert len(named) >= 25  # the claims table, and the tests named in the text
+    for test_file, name in named:
+        where = [tests[test_file]] if test_file else list(tests.values())
+        assert any(f"def {name}(" in text for text in where), f"the README names {test_file}::{name}, which is no test"
