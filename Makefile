@@ -27,7 +27,8 @@ run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `d
 serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode)
 	@$(STACK) serve
 
-test: setup ## the end-to-end test suite against a real local Dapr stack
+test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
+	@.venv/bin/ruff check .
 	@$(VENV_PY) -m pytest
 
 bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png)
@@ -51,7 +52,7 @@ status: ## what is running and where its logs are
 env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)"
 	@$(STACK) env
 
-workflows: ## list the running service's workflow runs (instance ids)
+workflows: ## list the running service's workflow runs
 	@$(VENV_PY) -m tools.workflows list
 
 history: ## one run's history: make history ID=<instance id>

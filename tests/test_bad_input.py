@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from conftest import SERVICE_URL, SIDECAR_URL, wait_for
+from helpers import wait_for
+from tools.settings import SERVICE_URL, SIDECAR_URL
 from tools.workflows import list_instances, sidecar_grpc_port
 
 JSON = {"Content-Type": "application/json"}

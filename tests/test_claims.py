@@ -16,12 +16,13 @@ import uuid
 import httpx
 import redis
 
-from conftest import SERVICE_APP_ID, wait_for
-from tools import stack
+from helpers import wait_for
+from tools import settings
 from tools.bench import metric_total
+from tools.settings import SERVICE_APP_ID
 from tools.workflows import history, sidecar_grpc_port
 
-ZIPKIN = f"http://127.0.0.1:{stack.ZIPKIN_PORT}"
+ZIPKIN = f"http://127.0.0.1:{settings.ZIPKIN_PORT}"
 METRICS = "http://127.0.0.1:9090/metrics"
 
 
@@ -67,7 +68,8 @@ def test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run(service,
     assert metric_total(after, runs[0], **runs[1]) - metric_total(before, runs[0], **runs[1]) == 1
     assert metric_total(after, llm[0], **llm[1]) - metric_total(before, llm[0], **llm[1]) == 2
     assert metric_total(after, state[0], **state[1]) > metric_total(before, state[0], **state[1])
-    assert metric_total(after, "dapr_grpc_io_server_completed_rpcs") > metric_total(before, "dapr_grpc_io_server_completed_rpcs")
+    rpcs = "dapr_grpc_io_server_completed_rpcs"
+    assert metric_total(after, rpcs) > metric_total(before, rpcs)
 
 
 def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(service, scripted_llm):
@@ -99,10 +101,10 @@ def test_the_llm_key_comes_from_the_secret_store_and_is_written_nowhere(service,
     assert service.sidecar.get("/v1.0/secrets/agent-secretstore/API_KEY").json() == {"API_KEY": key}
     # The agent's start-up bulk read sees only OPENAI_* variables, not the environment.
     assert set(service.sidecar.get("/v1.0/secrets/agent-secretstore/bulk").json()) == {"API_KEY", "BASE_URL", "MODEL"}
-    written = [p for p in stack.ROOT.rglob("*.yaml") if ".venv" not in p.parts and key in p.read_text()]
+    written = [p for p in settings.ROOT.rglob("*.yaml") if ".venv" not in p.parts and key in p.read_text()]
     assert written == []
     assert key not in service.log.read_text(errors="replace")
-    raw = redis.Redis(port=stack.REDIS_PORT)  # values include binary workflow history
+    raw = redis.Redis(port=settings.REDIS_PORT)  # values include binary workflow history
     for redis_key in raw.scan_iter(count=1000):
         if raw.type(redis_key) == b"hash":
             assert not any(key.encode() in value for value in raw.hgetall(redis_key).values()), redis_key
@@ -178,7 +180,7 @@ def test_workflow_runs_are_listed_and_their_history_shown_without_docker(service
         ["dapr", "workflow", "list", "--app-id", SERVICE_APP_ID, "-c", "redis://127.0.0.1:6379"],
         env=local_stack.env(), capture_output=True, text=True, timeout=60)
     history = subprocess.run([sys.executable, "-m", "tools.workflows", "history", instance_id],
-                             cwd=stack.ROOT, capture_output=True, text=True, timeout=60)
+                             cwd=settings.ROOT, capture_output=True, text=True, timeout=60)
 
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"{instance_id}\s+COMPLETED", listed.stdout), listed.stdout

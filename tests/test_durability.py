@@ -21,8 +21,9 @@ import httpx
 import psutil
 import pytest
 
-from conftest import SERVICE_APP_ID, record_figure, wait_for, workflow_key_mentioning
-from tools import stack
+from helpers import record_figure, wait_for, workflow_key_mentioning
+from tools import processes, services, settings, stack
+from tools.settings import SERVICE_APP_ID
 
 
 def _task(what: str) -> str:
@@ -82,12 +83,12 @@ def test_no_acknowledged_run_is_lost_when_redis_is_killed_mid_run(service, scrip
     # Acknowledged runs, and the conversation so far, must outlive Redis.
     acknowledged = service.start_run(_task("Acknowledged just before the crash"))
 
-    redis_process = stack.recorded("redis")
+    redis_process = processes.recorded("redis")
     assert redis_process is not None, "this test needs the Redis the stack started"
     redis_process.send_signal(signal.SIGKILL)
     _wait_for_process_exit(redis_process, "Redis to die")
     killed_at = time.monotonic()
-    stack.up()  # starts Redis again on the same data directory
+    services.up()  # starts Redis again on the same data directory
     scripted_llm.release()
     status = service.wait_until_done(instance_id, timeout_s=120)
 
@@ -102,16 +103,16 @@ def test_a_task_published_while_the_app_is_down_runs_when_it_is_back(service, sc
     scripted_llm.answer_when(task, "You came back")
     service.stop()
     # Another app publishes through its own sidecar while the agent is down.
-    publisher = stack.spawn("publisher", [
+    publisher = processes.spawn("publisher", [
         str(local_stack.cli), "run", "--app-id", "publisher", "--dapr-http-port", "3601",
         "--resources-path", str(service.resources)], env=service.env)
     try:
-        stack.wait_until(lambda: stack.http_ok("http://127.0.0.1:3601/v1.0/healthz"), "the publisher's sidecar",
-                         process=publisher, log=stack.LOG_DIR / "publisher.log")
+        processes.wait_until(lambda: processes.http_ok("http://127.0.0.1:3601/v1.0/healthz"), "the publisher's sidecar",
+                         process=publisher, log=settings.LOG_DIR / "publisher.log")
         response = httpx.post("http://127.0.0.1:3601/v1.0/publish/agent-pubsub/assistant.topic", json={"task": task})
         assert response.status_code == 204
     finally:
-        stack.stop_dapr_run("publisher")
+        processes.stop_dapr_run("publisher")
 
     service.start()
 
@@ -124,11 +125,11 @@ def test_a_task_published_while_the_app_is_down_runs_when_it_is_back(service, sc
 def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scripted_llm, llm_env):
     service.stop()  # make serve needs the service's ports
     # The held LLM call cannot finish, so the drain runs out (shortened here from 30 s).
-    serve = subprocess.Popen([sys.executable, "-m", "tools.stack", "serve"], cwd=stack.ROOT,
+    serve = subprocess.Popen([sys.executable, "-m", "tools.stack", "serve"], cwd=settings.ROOT,
                              env=llm_env | {"TDA_DRAIN_TIMEOUT": "5"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        stack.wait_until(stack.service_ready, "make serve", timeout_s=90)
+        processes.wait_until(stack.service_ready, "make serve", timeout_s=90)
         task = _task("In flight at SIGTERM")
         scripted_llm.answer_when(task, "Finished after the restart")
         instance_id = _start_and_hold(service, scripted_llm, task)
@@ -139,14 +140,14 @@ def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scri
         if serve.poll() is None:
             serve.kill()
 
-    listening = [port for port in stack.SERVICE_PORTS.values() if stack.port_in_use(port)]
+    listening = [port for port in settings.SERVICE_PORTS.values() if processes.port_in_use(port)]
     assert listening == []
     leftovers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
                  if "durable_agent_service.py" in " ".join(p.info["cmdline"] or [])
                  or "durable-agent-service" in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
     # The stack services it found running are left alone.
-    assert all(stack.recorded(name) for name in ("redis", "placement", "scheduler"))
+    assert all(processes.recorded(name) for name in ("redis", "placement", "scheduler"))
     scripted_llm.release()
     service.start()
     status = service.wait_until_done(instance_id, timeout_s=120)

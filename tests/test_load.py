@@ -19,8 +19,9 @@ from datetime import datetime
 import httpx
 import psutil
 
-from conftest import SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL, record_figure, wait_for
-from tools import stack
+from helpers import record_figure, wait_for
+from tools import processes, settings, stack
+from tools.settings import SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
 
 TASKS_PER_TRIGGER = 200
 CLIENT_CONCURRENCY = 32
@@ -111,16 +112,17 @@ REPLICA_PORTS = {"app": 8002, "sidecar HTTP": 3502, "sidecar metrics": 9092}
 
 
 def test_runs_in_flight_finish_on_the_survivor_when_a_replica_is_killed(service, scripted_llm, local_stack):
-    stack.require_free(REPLICA_PORTS)
+    processes.require_free(REPLICA_PORTS)
     replica_app = ["--app-id", SERVICE_APP_ID, "--resources-path", "./resources", "-p", "8002",
                    "--log-level", "warn", "--metrics-port=9092", "--dapr-http-port=3502",
                    "--", "python", "durable_agent_service.py"]
-    replica = stack.spawn("replica", stack.dapr_run_argv(local_stack, replica_app, service.resources),
-                          env=service.env)
+    argv, env = stack.dapr_run(local_stack, replica_app, service.llm, resources=service.resources,
+                               base_env=service.llm_env)
+    replica = processes.spawn("replica", argv, env=env)
     try:
-        stack.wait_until(lambda: stack.http_ok("http://127.0.0.1:8002/openapi.json")
-                         and stack.http_ok("http://127.0.0.1:3502/v1.0/healthz"), "the second replica",
-                         process=replica, log=stack.LOG_DIR / "replica.log")
+        processes.wait_until(lambda: processes.http_ok("http://127.0.0.1:8002/openapi.json")
+                             and processes.http_ok("http://127.0.0.1:3502/v1.0/healthz"), "the second replica",
+                             process=replica, log=settings.LOG_DIR / "replica.log")
         scripted_llm.set_delay(0.5)  # keep runs in flight while the replica dies
         marker = uuid.uuid4().hex[:8]
         ids = []
@@ -137,7 +139,8 @@ def test_runs_in_flight_finish_on_the_survivor_when_a_replica_is_killed(service,
 
         statuses = {i: service.wait_until_done(i, timeout_s=240)["runtime_status"] for i in ids}
         assert set(statuses.values()) == {"COMPLETED"}, statuses
-        record_figure("replica killed with 40 runs in flight", kill_to_all_complete_s=round(time.monotonic() - killed_at, 1))
+        record_figure("replica killed with 40 runs in flight",
+                      kill_to_all_complete_s=round(time.monotonic() - killed_at, 1))
     finally:
         scripted_llm.set_delay(0)
-        stack.stop("replica")
+        processes.stop("replica")

@@ -9,15 +9,15 @@ import sys
 
 import psutil
 
-from conftest import env_without_llm_settings
-from tools import stack
+from helpers import env_without_llm_settings
+from tools import processes, settings
 
 RUN_TIMEOUT_S = 180
 
 
 def make_run(env: dict[str, str]) -> subprocess.CompletedProcess:
     """What `make run` does after set-up."""
-    return subprocess.run([sys.executable, "-m", "tools.stack", "run"], cwd=stack.ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tools.stack", "run"], cwd=settings.ROOT, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
@@ -66,4 +66,4 @@ def test_make_run_leaves_a_stack_it_did_not_start_running(local_stack, llm_env):
     assert make_run(llm_env).returncode == 0
 
     for name in ("redis", "placement", "scheduler"):
-        assert stack.recorded(name) is not None, f"{name} was stopped by a run that did not start it"
+        assert processes.recorded(name) is not None, f"{name} was stopped by a run that did not start it"

@@ -20,27 +20,28 @@ import redis
 import yaml
 from cryptography import x509
 
-from conftest import SERVICE_APP_ID, workflow_key_mentioning
-from tools import stack
+from helpers import workflow_key_mentioning
+from tools import processes, secure, services, settings
+from tools.settings import SERVICE_APP_ID
 
 pytestmark = pytest.mark.secure
 
 SPIFFE_ID = f"spiffe://public/ns/default/{SERVICE_APP_ID}"
-SECURE_CONFIG = stack.SECURE_DIR / "service-config.yaml"
 REDIS_COMPONENTS = ["agent-config", "agent-memory", "agent-pubsub", "agent-registry", "agent-workflow"]
 
 
 def _caller(name: str, port: int, local_stack, service, no_components, secure: bool = True) -> None:
     """A sidecar without an app, for app `name`; with mTLS if `secure`."""
-    config = ["--config", str(stack.SECURE_DIR / "caller-config.yaml")] if secure else []
-    process = stack.spawn(name, [str(local_stack.cli), "run", "--app-id", name, "--dapr-http-port", str(port),
+    config = ["--config", str(settings.SECURE_DIR / "caller-config.yaml")] if secure else []
+    process = processes.spawn(name, [str(local_stack.cli), "run", "--app-id", name, "--dapr-http-port", str(port),
                                  *config, "--resources-path", str(no_components)],
                           env=service.env)
-    stack.wait_until(lambda: stack.http_ok(f"http://127.0.0.1:{port}/v1.0/healthz"), f"the sidecar of {name}",
-                     process=process, log=stack.LOG_DIR / f"{name}.log")
+    processes.wait_until(lambda: processes.http_ok(f"http://127.0.0.1:{port}/v1.0/healthz"), f"the sidecar of {name}",
+                     process=process, log=settings.LOG_DIR / f"{name}.log")
 
 
-def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path, secure: bool) -> dict[str, httpx.Response]:
+def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path,
+                     secure: bool) -> dict[str, httpx.Response]:
     """POST /run to the agent through each caller's sidecar (Dapr service invocation)."""
     no_components = tmp_path / "no-components"
     no_components.mkdir()
@@ -53,21 +54,21 @@ def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path, se
                 for name, port in callers.items()}
     finally:
         for name in callers:
-            stack.stop_dapr_run(name)
+            processes.stop_dapr_run(name)
 
 
 # -- on the plain stack -----------------------------------------------------------------------
 def test_secure_mode_refuses_to_start_on_a_stack_running_in_plain_mode(local_stack):
-    with pytest.raises(stack.StackError) as refused:
-        stack.up(tracing=False, secure=True)
+    with pytest.raises(processes.StackError) as refused:
+        services.up(tracing=False, secure=True)
     assert "running in plain mode, but secure mode was asked for" in str(refused.value)
     assert "make stop" in str(refused.value)
-    assert stack.recorded("sentry") is None  # refused before starting anything
+    assert processes.recorded("sentry") is None  # refused before starting anything
 
 
 def test_without_mtls_the_same_policy_cannot_tell_the_allowed_caller_from_others(service_session, local_stack,
                                                                                tmp_path):
-    config = yaml.safe_load(SECURE_CONFIG.read_text())
+    config = yaml.safe_load(secure.SERVICE_CONFIG.read_text())
     config["spec"]["mtls"]["enabled"] = False
     without_mtls = tmp_path / "service-config-without-mtls.yaml"
     without_mtls.write_text(yaml.safe_dump(config))
@@ -92,32 +93,31 @@ def test_without_mtls_the_same_policy_cannot_tell_the_allowed_caller_from_others
 @pytest.fixture(scope="module")
 def secure_session(service_session, local_stack):
     """The session's service, restarted on a stack in secure mode."""
-    if stack.recorded("redis") is None:
+    if processes.recorded("redis") is None:
         pytest.skip("secure mode needs the stack's own Redis (it sets a password), but a Redis this stack "
-                    f"did not start listens on {stack.REDIS_PORT}: {stack.port_holder(stack.REDIS_PORT)}")
+                    f"did not start listens on {settings.REDIS_PORT}: {processes.port_holder(settings.REDIS_PORT)}")
     service_session.stop()
     for name in ("placement", "scheduler", "redis"):
-        stack.stop(name)
-    _, started = stack.up(tracing=False, secure=True)
-    service_session.reconfigure(config=SECURE_CONFIG, secure=True)
+        processes.stop(name)
+    _, started = services.up(tracing=False, secure=True)
+    service_session.reconfigure(config=secure.SERVICE_CONFIG, secure=True)
     service_session.start()
     yield service_session
     service_session.stop()
     service_session.reconfigure()
-    for name in reversed(started):
-        stack.stop(name)
+    services.stop_services(started)
 
 
 @pytest.fixture
 def secure_service(secure_session):
     """The secure service, started again if an earlier test stopped it."""
-    if stack.recorded("service") is None:
+    if processes.recorded("service") is None:
         secure_session.start()
     return secure_session
 
 
 def _internal_grpc_port() -> int:
-    for process in stack.psutil.process_iter(["name", "cmdline"]):
+    for process in psutil.process_iter(["name", "cmdline"]):
         args = process.info["cmdline"] or []
         if process.info["name"] == "daprd" and SERVICE_APP_ID in args:
             return int(args[args.index("--dapr-internal-grpc-port") + 1])
@@ -137,7 +137,7 @@ def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
     uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
         .get_values_for_type(x509.UniformResourceIdentifier)
     assert uris == [SPIFFE_ID]
-    ca = x509.load_pem_x509_certificate((stack.DATA_DIR / "sentry" / "ca.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((settings.DATA_DIR / "sentry" / "ca.crt").read_bytes())
     assert certificate.issuer != certificate.subject and ca.subject.rfc4514_string()  # issued under our CA
 
 
@@ -195,9 +195,9 @@ def test_app_api_token_is_sent_by_the_sidecar_but_not_checked_by_the_agent(secur
 
 def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out(secure_service, scripted_llm):
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=stack.REDIS_PORT).ping()
-    password = stack.redis_password()
-    authenticated = redis.Redis(host="127.0.0.1", port=stack.REDIS_PORT, password=password, decode_responses=True)
+        redis.Redis(host="127.0.0.1", port=settings.REDIS_PORT).ping()
+    password = secure.redis_password()
+    authenticated = redis.Redis(host="127.0.0.1", port=settings.REDIS_PORT, password=password, decode_responses=True)
 
     # The components the sidecar loads name the secret; none holds the password.
     loaded = {path.stem: path.read_text() for path in secure_service.resources_in_use.glob("*.yaml")}
@@ -219,7 +219,7 @@ def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_
     assert denied.status_code == 403 and password not in denied.text
 
     # And Redis listens on loopback only.
-    redis_process = stack.recorded("redis")
+    redis_process = processes.recorded("redis")
     listening = {conn.laddr.ip for conn in redis_process.net_connections() if conn.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
     authenticated.close()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from conftest import SERVICE_APP_ID, wait_for, workflow_key_mentioning
+from helpers import wait_for, workflow_key_mentioning
+from tools.settings import SERVICE_APP_ID
 
 
 def unique_task(what: str) -> str:

@@ -9,17 +9,17 @@ import shutil
 import subprocess
 import sys
 
-from tools import stack
+from tools import settings
 from tools.doctor import check_resources
 
 
 def doctor(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.doctor"], cwd=stack.ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tools.doctor"], cwd=settings.ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_doctor_names_the_file_and_line_of_a_yaml_typo(tmp_path):
-    shutil.copytree(stack.RESOURCES_DIR, tmp_path / "resources")
+    shutil.copytree(settings.RESOURCES_DIR, tmp_path / "resources")
     broken = tmp_path / "resources" / "agent-memory.yaml"
     broken.write_text(broken.read_text().replace("\nspec:", "\n spec:"))
 
@@ -28,7 +28,7 @@ def test_doctor_names_the_file_and_line_of_a_yaml_typo(tmp_path):
     failures = [message + " -> " + fix for status, message, fix in results if status == "FAIL"]
     assert len(failures) == 1
     assert "agent-memory.yaml line 6, column 2" in failures[0] and "indentation" in failures[0]
-    assert all(status == "ok" for status, _, _ in check_resources(stack.RESOURCES_DIR))
+    assert all(status == "ok" for status, _, _ in check_resources(settings.RESOURCES_DIR))
 
 
 def test_doctor_says_go_is_missing_when_the_runtime_still_has_to_be_built(tmp_path):
@@ -55,16 +55,16 @@ def test_doctor_names_who_holds_a_port_the_stack_needs(local_stack, tmp_path):
 
 def test_the_benchmark_runs_in_smoke_mode_and_writes_its_figures(service, tmp_path):
     service.stop()  # the benchmark starts the service itself, on the same ports
-    result = subprocess.run([sys.executable, "-m", "tools.bench", "--smoke"], cwd=stack.ROOT,
+    result = subprocess.run([sys.executable, "-m", "tools.bench", "--smoke"], cwd=settings.ROOT,
                             env=os.environ | {"TDA_SCRIPTED_LLM_PORT": "18081"},
                             capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads((stack.ROOT / "bench" / "results" / "smoke" / "latest.json").read_text())
+    figures = json.loads((settings.ROOT / "bench" / "results" / "smoke" / "latest.json").read_text())
     assert figures["latency"]["n"] == 5 and figures["latency"]["p50_ms"] > 0
     assert figures["cost"]["conversation_calls_per_run"] == 2.0
     assert figures["cost"]["redis_commands_per_run"] > 0
     assert {row["concurrency"] for row in figures["throughput"]["pubsub"]} == {1, 4}
     assert set(figures["breakdown"]["activities_ms"]) >= {"call_llm", "summarize"}
     assert "durable/direct" in result.stdout
-    assert (stack.ROOT / "bench" / "results" / "smoke" / "bench.png").stat().st_size > 10_000
+    assert (settings.ROOT / "bench" / "results" / "smoke" / "bench.png").stat().st_size > 10_000

@@ -5,7 +5,7 @@ model's. One run of this module starts Redis, placement, scheduler, the
 scripted LLM and the service (the README's `dapr run` command), measures, stops
 everything, and writes:
 
-    bench/results/<UTC time>.json and bench/results/latest.json   the raw figures
+    bench/results/latest.json   the raw figures (git keeps the earlier ones)
     images/bench.png                                               latency and throughput
     a table on standard output
 
@@ -28,21 +28,30 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psutil
 from dapr.ext.workflow import DaprWorkflowClient
 
-from tools import stack
+from tools.processes import StackError, rel, stop_dapr_run
 from tools.scripted_llm import service_with_scripted_llm
+from tools.settings import (
+    DAPR_AGENTS_VERSION,
+    DAPR_CLI_VERSION,
+    DAPR_RUNTIME_VERSION,
+    REDIS_PORT,
+    ROOT,
+    SERVICE_APP_ID,
+    SERVICE_URL,
+    SIDECAR_URL,
+    VENV_BIN,
+)
 from tools.workflows import history, list_instances, sidecar_grpc_port
 
-SERVICE_URL, SIDECAR_URL = "http://127.0.0.1:8001", "http://127.0.0.1:3500"
-APP_ID = "durable-agent-service"
-RESULTS_DIR = stack.ROOT / "bench" / "results"
-PICTURE = stack.ROOT / "images" / "bench.png"
+RESULTS_DIR = ROOT / "bench" / "results"
+PICTURE = ROOT / "images" / "bench.png"
 
 
 @dataclass
@@ -78,7 +87,7 @@ class Bench:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.grpc_port = sidecar_grpc_port(APP_ID)
+        self.grpc_port = sidecar_grpc_port(SERVICE_APP_ID)
         self.workflows = DaprWorkflowClient(host="127.0.0.1", port=str(self.grpc_port))
         self.http = httpx.Client(base_url=SERVICE_URL, timeout=60)
 
@@ -184,7 +193,7 @@ class Bench:
     def cost_per_run(self, metrics_url: str = "http://127.0.0.1:9090/metrics") -> dict:
         import redis
 
-        client = redis.Redis(port=stack.REDIS_PORT)
+        client = redis.Redis(port=REDIS_PORT)
         before_cmds, before_net = _commandstats(client), client.info("stats")["total_net_input_bytes"]
         before_llm = metric_total(httpx.get(metrics_url).text, "dapr_component_conversation_count")
         for i in range(self.plan.cost_runs):
@@ -223,7 +232,7 @@ class ResourceSampler:
         found = {"bench client and scripted LLM": psutil.Process()}
         for process in psutil.process_iter(["name", "cmdline"]):
             cmdline = " ".join(process.info["cmdline"] or [])
-            if process.info["name"] == "daprd" and APP_ID in cmdline:
+            if process.info["name"] == "daprd" and SERVICE_APP_ID in cmdline:
                 found["daprd"] = process
             elif "durable_agent_service.py" in cmdline and "dapr" not in process.info["name"]:
                 found["app (python)"] = process
@@ -243,7 +252,7 @@ class ResourceSampler:
                 except psutil.Error:
                     pass
 
-    def __enter__(self) -> "ResourceSampler":
+    def __enter__(self) -> ResourceSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -263,11 +272,11 @@ class ResourceSampler:
 def startup(llm_env: dict[str, str]) -> dict:
     """Warm `make run`, split: the stack's start, the Python import, and the run under `dapr run`."""
     import_s = float(subprocess.run(
-        [str(stack.VENV_BIN / "python"), "-c",
+        [str(VENV_BIN / "python"), "-c",
          "import time; t = time.perf_counter(); import dapr_agents; print(time.perf_counter() - t)"],
         capture_output=True, text=True, check=True).stdout)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "tools.stack", "run"], cwd=stack.ROOT, env=llm_env,
+    result = subprocess.run([sys.executable, "-m", "tools.stack", "run"], cwd=ROOT, env=llm_env,
                             capture_output=True, text=True, timeout=300)
     total = time.perf_counter() - started
     if result.returncode != 0:
@@ -282,7 +291,7 @@ def run_all(plan: Plan) -> dict:
     with service_with_scripted_llm(tracing=False, log_name="bench-service") as llm:
         stack_s = time.perf_counter() - stack_started
         bench = Bench(plan)
-        results: dict = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        results: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
         step = lambda name: print(f"[bench] {name}", flush=True)  # noqa: E731
         step("latency of one run (concurrency 1)")
         results["latency"] = bench.latency()
@@ -299,13 +308,13 @@ def run_all(plan: Plan) -> dict:
         step("cost per run")
         results["cost"] = bench.cost_per_run()
         bench.close()
-        stack.stop_dapr_run("service")
+        stop_dapr_run("service")
         step("start-up")
         results["startup"] = {"stack_and_service_start_s": round(stack_s, 2), **startup(llm.client_env())}
     results["machine"] = {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
                           "python": platform.python_version(), "platform": platform.platform(),
-                          "dapr_runtime": stack.DAPR_RUNTIME_VERSION, "dapr_cli": stack.DAPR_CLI_VERSION,
-                          "dapr_agents": "1.0.9"}
+                          "dapr_runtime": DAPR_RUNTIME_VERSION, "dapr_cli": DAPR_CLI_VERSION,
+                          "dapr_agents": DAPR_AGENTS_VERSION}
     return results
 
 
@@ -313,8 +322,10 @@ def print_table(r: dict) -> None:
     lat, direct = r["latency"], r["direct"]
     print(f"\nOne run, concurrency 1 ({lat['n']} runs): p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
           f"p99 {lat['p99_ms']} ms")
-    print(f"Same two LLM calls, no durability: p50 {direct['p50_ms']} ms -> durable/direct = {r['durable_over_direct']}x")
-    print(f"\n{'trigger':<8} {'conc.':>5} {'runs':>5} {'runs/s':>8} {'p50 ms':>8} {'p95 ms':>8}  busiest process (CPU s)")
+    print(f"Same two LLM calls, no durability: p50 {direct['p50_ms']} ms "
+          f"-> durable/direct = {r['durable_over_direct']}x")
+    print(f"\n{'trigger':<8} {'conc.':>5} {'runs':>5} {'runs/s':>8} {'p50 ms':>8} {'p95 ms':>8}  "
+          "busiest process (CPU s)")
     for trigger in ("http", "pubsub"):
         for row in r["throughput"][trigger]:
             busiest = next(iter(row["cpu"].items()), ("-", 0))
@@ -330,8 +341,8 @@ def print_table(r: dict) -> None:
     top = ", ".join(f"{k} {v}" for k, v in list(c["redis_commands_by_type"].items())[:6])
     print(f"  most frequent: {top}")
     s = r["startup"]
-    print(f"Start-up: stack and service {s['stack_and_service_start_s']} s, import dapr_agents {s['import_dapr_agents_s']} s, "
-          f"make run (stack already up) {s['make_run_wall_s']} s")
+    print(f"Start-up: stack and service {s['stack_and_service_start_s']} s, "
+          f"import dapr_agents {s['import_dapr_agents_s']} s, make run (stack already up) {s['make_run_wall_s']} s")
 
 
 def draw(r: dict, path: Path) -> None:
@@ -377,20 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         results = run_all(SMOKE if args.smoke else Plan())
-    except stack.StackError as exc:
+    except StackError as exc:
         print(f"[bench] error: {exc}", file=sys.stderr)
         return 1
     results["bench_wall_s"] = round(time.perf_counter() - started, 1)
     print_table(results)
     out_dir = RESULTS_DIR / ("smoke" if args.smoke else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"{stamp}.json", "latest.json"):
-        (out_dir / name).write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     picture = out_dir / "bench.png" if args.smoke else PICTURE
     draw(results, picture)
-    print(f"\n[bench] {results['bench_wall_s']} s; raw figures in {stack._rel(out_dir / 'latest.json')}, "
-          f"picture in {stack._rel(picture)}")
+    print(f"\n[bench] {results['bench_wall_s']} s; raw figures in {rel(out_dir / 'latest.json')}, "
+          f"picture in {rel(picture)}")
     return 0
 
 

@@ -18,11 +18,12 @@ import time
 
 import httpx
 
-from tools import stack
+from tools.processes import StackError
 from tools.scripted_llm import service_with_scripted_llm
+from tools.settings import ROOT, SERVICE_URL, ZIPKIN_PORT
 from tools.workflows import history, sidecar_grpc_port
 
-IMAGES = stack.ROOT / "images"
+IMAGES = ROOT / "images"
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on a closed network: no background connections, no first-run work.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,7 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def one_run() -> str:
-    with httpx.Client(base_url="http://127.0.0.1:8001", timeout=30) as client:
+    with httpx.Client(base_url=SERVICE_URL, timeout=30) as client:
         instance_id = client.post("/run", json={"task": "Write a haiku about programming."}).json()["instance_id"]
         deadline = time.monotonic() + 60
         while client.get(f"/run/{instance_id}").json()["runtime_status"] != "COMPLETED":
@@ -43,7 +44,7 @@ def one_run() -> str:
 def trace_id_of(instance_id: str) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        traces = httpx.get(f"http://127.0.0.1:{stack.ZIPKIN_PORT}/api/v2/traces", params={
+        traces = httpx.get(f"http://127.0.0.1:{ZIPKIN_PORT}/api/v2/traces", params={
             "serviceName": "durable-agent-service", "limit": 10,
             "annotationQuery": f"durabletask.task.instance_id={instance_id}"}).json()
         for trace in traces:
@@ -59,7 +60,7 @@ def zipkin_screenshot(trace_id: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
-        page.goto(f"http://127.0.0.1:{stack.ZIPKIN_PORT}/zipkin/traces/{trace_id}")
+        page.goto(f"http://127.0.0.1:{ZIPKIN_PORT}/zipkin/traces/{trace_id}")
         page.wait_for_selector("text=call_llm", timeout=30_000)
         page.screenshot(path=str(IMAGES / "zipkin-trace.png"))
         browser.close()
@@ -81,7 +82,7 @@ def history_picture(instance_id: str) -> None:
 
 
 def main() -> int:
-    if not (stack.ROOT / ".venv" / "bin" / "python").exists():
+    if not (ROOT / ".venv" / "bin" / "python").exists():
         print("error: run `make setup` first", file=sys.stderr)
         return 1
     try:
@@ -89,7 +90,7 @@ def main() -> int:
             instance_id = one_run()
             history_picture(instance_id)
             zipkin_screenshot(trace_id_of(instance_id))
-    except stack.StackError as exc:
+    except StackError as exc:
         print(f"[images] error: {exc}", file=sys.stderr)
         return 1
     print(f"[images] wrote images/zipkin-trace.png and images/workflow-history.png for run {instance_id}")

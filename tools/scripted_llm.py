@@ -5,13 +5,12 @@ The tests point Dapr's real `conversation.openai` component at this server
 real sidecar while the test decides what the "model" answers, counts the
 calls, holds an answer back, or makes calls fail.
 
-It runs in a thread inside the test process (`ScriptedLLM().start()`) or as
-a process for demos:  python -m tools.scripted_llm --port 18080
+It runs in a thread inside the process that uses it (`ScriptedLLM().start()`):
+the test suite, `make bench`, `make images`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -19,14 +18,15 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-DEMO_PORT = int(os.environ.get("TDA_SCRIPTED_LLM_PORT", "18080"))  # make bench, make images
+from tools.settings import SCRIPTED_LLM_PORT
+
 DEFAULT_ANSWER = "Lines of logic flow,\nsilent thoughts in coded streams,\ndreams compile to life."
 
 # dapr-agents asks for a structured summary after each run; its prompt starts so.
@@ -39,7 +39,7 @@ class Call:
 
     messages: list[dict]
     is_summary: bool
-    received_at: float
+    authorization: str  # the Authorization header the component sent: "Bearer <key>"
     answered_status: int = 0
 
 
@@ -55,7 +55,7 @@ class _Script:
 class ScriptedLLM:
     """The server plus the knobs a test turns."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 18080) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = SCRIPTED_LLM_PORT) -> None:
         self.host, self.port = host, port
         self.calls: list[Call] = []
         self._script = _Script()
@@ -139,7 +139,7 @@ class ScriptedLLM:
             call = Call(
                 messages=messages,
                 is_summary=first_user.startswith(SUMMARY_PROMPT_PREFIX),
-                received_at=time.time(),
+                authorization=request.headers.get("authorization", ""),
             )
             with self._lock:
                 self.calls.append(call)
@@ -169,7 +169,7 @@ class ScriptedLLM:
         return app
 
     # -- lifecycle -----------------------------------------------------------
-    def start(self, timeout_s: float = 10.0) -> "ScriptedLLM":
+    def start(self, timeout_s: float = 10.0) -> ScriptedLLM:
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="scripted-llm", daemon=True)
@@ -207,19 +207,6 @@ def _completion(model: str, content: str) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18080)
-    args = parser.parse_args()
-    llm = ScriptedLLM(args.host, args.port)
-    uvicorn.run(llm.app, host=args.host, port=args.port, log_level="warning")
-
-
-if __name__ == "__main__":
-    main()
-
-
 @contextlib.contextmanager
 def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -> Iterator[ScriptedLLM]:
     """The stack and the service (the README's `dapr run`), answering from a scripted LLM.
@@ -228,16 +215,9 @@ def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -
     """
     from tools import stack  # the stack tooling imports nothing of ours; keep it that way
 
-    llm = ScriptedLLM(port=DEMO_PORT).start()
-    env = llm.client_env()
-    runtime, started = stack.up(tracing=tracing)
+    llm = ScriptedLLM().start()
     try:
-        choice = stack.choose_llm(env)
-        stack.start_service(stack.dapr_run_argv(runtime, stack.SERVICE_APP, choice.resources),
-                            runtime.env(env) | choice.env, stack.LOG_DIR / f"{log_name}.log")
-        yield llm
+        with stack.service_running(llm.client_env(), tracing=tracing, log_name=log_name):
+            yield llm
     finally:
-        stack.stop_dapr_run("service")
-        for name in reversed(started):
-            stack.stop(name)
         llm.stop()

@@ -23,6 +23,8 @@ import psutil
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 
+from tools.settings import SERVICE_APP_ID
+
 
 def sidecar_grpc_port(app_id: str) -> int:
     """The gRPC port of the daprd running `app_id`, read from its command line."""
@@ -91,7 +93,7 @@ def history(instance_id: str, grpc_port: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.workflows", description=__doc__.splitlines()[0])
-    parser.add_argument("--app-id", default="durable-agent-service", help="whose runs (default durable-agent-service)")
+    parser.add_argument("--app-id", default=SERVICE_APP_ID, help=f"whose runs (default {SERVICE_APP_ID})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every run's instance id")
     history_parser = sub.add_parser("history", help="one run's history events")

@@ -1,0 +1,148 @@
+"""What the tests share besides fixtures: one poller, unique task texts, a
+percentile, the Redis keys of a run, and the restartable service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tools import stack
+from tools.llm import choose_llm
+from tools.processes import recorded, stop_dapr_run
+from tools.runtime import DaprRuntime
+from tools.settings import LOG_DIR, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL, STATE_DIR
+
+RUN_TIMEOUT_S = 60.0
+FIGURES = STATE_DIR / "figures.jsonl"
+# The shipped LLM timeout is 60 s; the suite cuts it to this so that the
+# hanging-LLM test takes seconds, not minutes. Everything else is as shipped.
+TEST_LLM_TIMEOUT = "3s"
+
+
+def wait_for(check: Callable[[], object], what: str, timeout_s: float = RUN_TIMEOUT_S, interval_s: float = 0.1):
+    """Poll `check` until it returns something truthy, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def unique_task(what: str) -> str:
+    """A task text no other run of the session has, so a test finds its own run by its words."""
+    return f"{what} ({uuid.uuid4().hex[:8]})"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def record_figure(test: str, **figures: object) -> None:
+    """Keep a measured figure (a duration, a count) for the end-of-session report."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with open(FIGURES, "a") as out:
+        out.write(json.dumps({"test": test, **figures}) + "\n")
+
+
+def workflow_key_mentioning(redis_client, text: str) -> str | None:
+    """The Redis key of the run whose conversation mentions `text` (its id is the key's suffix)."""
+    for key in redis_client.scan_iter(match=f"{SERVICE_APP_ID}||assistant:_workflow_*", count=1000):
+        if text in (redis_client.hget(key, "data") or ""):
+            return key
+    return None
+
+
+def env_without_llm_settings() -> dict[str, str]:
+    """The test process's environment minus any LLM the developer configured."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+
+class Service:
+    """durable_agent_service.py under the README's `dapr run` flags, restartable."""
+
+    def __init__(self, runtime: DaprRuntime, llm_env: dict[str, str]) -> None:
+        self.runtime, self.llm_env = runtime, llm_env
+        self.llm = choose_llm(llm_env)
+        # A folder of its own: `make serve` in a test rewrites the shared one.
+        self.resources = STATE_DIR / "resources-tests"
+        shutil.rmtree(self.resources, ignore_errors=True)
+        shutil.copytree(self.llm.resources, self.resources)
+        resiliency = self.resources / "resiliency.yaml"
+        resiliency.write_text(resiliency.read_text().replace("llm: 60s", f"llm: {TEST_LLM_TIMEOUT}"))
+        self.reconfigure()
+        self.log = LOG_DIR / "service.log"
+        self.http = httpx.Client(base_url=SERVICE_URL, timeout=30)
+        self.sidecar = httpx.Client(base_url=SIDECAR_URL, timeout=30)
+
+    # -- lifecycle -------------------------------------------------------------
+    def reconfigure(self, config: Path | None = None, secure: bool = False) -> None:
+        """How the next start() runs: with `--config config` (None: the CLI's default
+        configuration, or secure mode's) and, if `secure`, as `TDA_SECURE=1 make serve`
+        runs it: mTLS through sentry and every Redis password read from the secret store."""
+        self.argv, self.env = stack.dapr_run(self.runtime, stack.SERVICE_APP, self.llm, resources=self.resources,
+                                             config=config, secure=secure, base_env=self.llm_env)
+
+    def start(self) -> None:
+        # Append, so one log holds every start of the session.
+        with open(self.log, "ab") as log:
+            log.write(b"\n===== service start =====\n")
+        stack.start_service(self.argv, self.env, self.log, append=True)
+
+    @property
+    def resources_in_use(self) -> Path:
+        return stack.ROOT / self.argv[self.argv.index("--resources-path") + 1]
+
+    def stop(self) -> None:
+        """Graceful: the app is interrupted first, then `dapr run` stops its sidecar."""
+        stop_dapr_run("service")
+
+    def processes(self) -> tuple[psutil.Process, psutil.Process]:
+        """(the app, its daprd), children of the recorded `dapr run`."""
+        cli = recorded("service")
+        assert cli is not None, "the service is not running"
+        children = cli.children()
+        app = next(p for p in children if p.name() != "daprd")
+        daprd = next(p for p in children if p.name() == "daprd")
+        return app, daprd
+
+    # -- API -----------------------------------------------------------------------
+    def start_run(self, task: str) -> str:
+        response = self.http.post("/run", json={"task": task})
+        assert response.status_code == 200, response.text
+        return response.json()["instance_id"]
+
+    def status(self, instance_id: str) -> dict:
+        response = self.http.get(f"/run/{instance_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_until_done(self, instance_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+        def done():
+            response = self.http.get(f"/run/{instance_id}")
+            if response.status_code == 500:
+                # Known: the sidecar can read a run's state from Redis while it is half
+                # written ("inbox key ... missing from state store"); the next read is fine.
+                return None
+            assert response.status_code == 200, response.text
+            status = response.json()
+            return status if status["runtime_status"] in {"COMPLETED", "FAILED", "TERMINATED"} else None
+
+        return wait_for(done, f"run {instance_id} to finish", timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+        self.sidecar.close()

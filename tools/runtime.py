@@ -1,0 +1,62 @@
+"""Finding the Dapr runtime (daprd, placement, scheduler, sentry) and the `dapr` CLI.
+
+A `dapr init --slim` install of the pinned minor version is used as it is;
+otherwise the one `scripts/install-dapr.sh` built into the per-machine cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.processes import StackError
+from tools.settings import DAPR_RUNTIME_VERSION, RUNTIME_PREFIX, VENV_BIN
+
+
+@dataclass
+class DaprRuntime:
+    cli: Path
+    runtime_path: Path | None  # parent of `.dapr`; None means the CLI's default (~/.dapr)
+    bin_dir: Path
+    origin: str
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment in which the README's `dapr` and `python` commands find our binaries."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), str(self.cli.parent), env.get("PATH", "")])
+        if self.runtime_path is not None:
+            env["DAPR_RUNTIME_PATH"] = str(self.runtime_path)
+        return env
+
+
+def version_of(binary: Path) -> str:
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"(\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else ""
+
+
+# Where scripts/install-dapr.sh builds: the slim build, or every component with DAPR_BUILD=full.
+BUILT_PREFIXES = (RUNTIME_PREFIX, RUNTIME_PREFIX.with_name(RUNTIME_PREFIX.name + "-full"))
+
+
+def find_runtime() -> DaprRuntime:
+    """A `dapr init --slim` install of the same minor version, else our own build."""
+    minor = DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
+    home_bin = Path.home() / ".dapr" / "bin"
+    home_cli = shutil.which("dapr")
+    if (home_cli and all((home_bin / b).exists() for b in ("daprd", "placement", "scheduler"))
+            and version_of(home_bin / "daprd").startswith(minor + ".")):
+        return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
+    for prefix in BUILT_PREFIXES:
+        if (prefix / ".complete").exists():
+            return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
+                               f"Dapr {DAPR_RUNTIME_VERSION} built from source in {prefix}")
+    raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} is not installed. Run `make setup` "
+                     "(it builds it from the Go module proxy; a few minutes, once per machine).")
