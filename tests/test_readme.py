@@ -1,7 +1,8 @@
-"""The README cannot drift: its Python blocks are the scripts, its `dapr run`
-lines are what `make run`/`make serve` run, every command in its bash
-blocks is executed, here or by the test named for it, and every test it
-names exists."""
+"""The README and the pages in docs/ cannot drift: the README's Python blocks
+are the scripts, its `dapr run` lines are what `make run`/`make serve` run,
+every command in a bash block is executed, here or by the test named for it,
+every `make` target and every test they name exists, and every relative link
+leads to a file (and heading) that exists."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ import re
 import subprocess
 from pathlib import Path
 
-
 from tools import stack
 
-README = (stack.ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
+README_LINES_MAX = 200
+PAGES = {path.relative_to(stack.ROOT).as_posix(): path.read_text()
+         for path in [stack.ROOT / "README.md", *sorted((stack.ROOT / "docs").glob("*.md"))]}
+README = PAGES["README.md"]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
-def readme_commands() -> list[str]:
+def blocks(text: str) -> list[tuple[str, str]]:
+    return FENCE.findall(text)
+
+
+def bash_commands(text: str) -> list[str]:
     commands = []
-    for language, body in BLOCKS:
+    for language, body in blocks(text):
         if language == "bash":
             for line in body.splitlines():
                 command = re.sub(r"\s+#\s.*$", "", line).strip()
@@ -27,11 +34,29 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def prose(text: str) -> str:
+    """The page without its fenced blocks."""
+    return FENCE.sub("", text)
+
+
+def code_spans(text: str) -> list[str]:
+    """The inline code of the page's prose (``double`` spans too, even across a line break)."""
+    return [span for _, span in re.findall(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", prose(text), re.S)]
+
+
+def all_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command in a bash block of the README and the docs."""
+    return [(page, command) for page, text in PAGES.items() for command in bash_commands(text)]
+
+
 # Commands that need the whole session to themselves are run by these tests.
+MAKE_RUN_TEST = "test_one_shot_run.py::test_make_run_prints_the_answer_of_the_configured_llm"
 RUN_ELSEWHERE = {
-    r"make run": "test_one_shot_run.py::test_make_run_prints_the_answer_of_the_configured_llm",
-    r"OPENAI_BASE_URL=\S+ OPENAI_MODEL=\S+ make run": "test_one_shot_run.py::test_make_run_prints_the_answer_of_the_configured_llm",
+    r"make run": MAKE_RUN_TEST,
+    r"OPENAI_BASE_URL=\S+ OPENAI_MODEL=\S+ make run": MAKE_RUN_TEST,
     r"make test": "this suite",
+    r"make bench": "test_tooling.py::test_the_benchmark_runs_in_smoke_mode_and_writes_its_figures",
+    r"make doctor": "test_tooling.py::test_doctor_says_go_is_missing_when_the_runtime_still_has_to_be_built",
     r"dapr run --app-id durable-agent-minimal .*": "test_one_shot_run.py (via tools.stack.MINIMAL_APP, checked below)",
     r"dapr run --app-id durable-agent-service .*": "every service test (via tools.stack.SERVICE_APP, checked below)",
 }
@@ -46,24 +71,28 @@ RUN_HERE = [
 ]
 
 
+def test_the_readme_stays_short():
+    assert len(README.splitlines()) <= README_LINES_MAX, "the depth belongs in docs/, one page per topic"
+
+
 def test_the_readme_shows_the_two_scripts_exactly():
-    python_blocks = [body for language, body in BLOCKS if language == "python"]
+    python_blocks = [body for language, body in blocks(README) if language == "python"]
 
     for script in ("durable_agent_minimal.py", "durable_agent_service.py"):
         assert (stack.ROOT / script).read_text() in python_blocks, f"the README's copy of {script} differs"
 
 
 def test_the_readme_dapr_run_commands_are_the_ones_the_tooling_runs():
-    commands = readme_commands()
+    commands = bash_commands(README)
 
     assert "dapr run " + " ".join(stack.MINIMAL_APP) in commands
     assert "dapr run " + " ".join(stack.SERVICE_APP) in commands
 
 
-def test_every_readme_command_is_run_by_the_suite():
-    for command in readme_commands():
+def test_every_command_in_the_readme_and_the_docs_is_run_by_the_suite():
+    for page, command in all_commands():
         handled = [p for p in [*RUN_ELSEWHERE, *RUN_HERE] if re.fullmatch(p, command)]
-        assert handled, f"the README command {command!r} is run by no test: add it to tests/test_readme.py"
+        assert handled, f"{page}: the command {command!r} is run by no test: add it to tests/test_readme.py"
     for where in RUN_ELSEWHERE.values():
         test_file = where.split("::")[0].split(" ")[0]
         if test_file.endswith(".py"):
@@ -72,11 +101,19 @@ def test_every_readme_command_is_run_by_the_suite():
             assert f"def {where.split('::')[1]}(" in (Path(__file__).parent / test_file).read_text()
 
 
-def test_every_make_target_the_readme_mentions_exists():
+def make_targets_named(text: str) -> set[str]:
+    """`make X` in the page's inline code and bash blocks, past options and VAR=value."""
+    pattern = r"\bmake\s+(?:-\w+\s+|[A-Z_]+=\S*\s+)*([a-z][a-z-]*)"
+    return {target for code in [*code_spans(text), *bash_commands(text)] for target in re.findall(pattern, code)}
+
+
+def test_every_make_target_the_readme_and_the_docs_mention_exists():
     targets = set(re.findall(r"^([a-z-]+):", (stack.ROOT / "Makefile").read_text(), re.M))
-    mentioned = set(re.findall(r"`make ([a-z-]+)", README)) | {c.split()[1] for c in readme_commands()
-                                                              if c.startswith("make ")}
-    assert mentioned - targets == set()
+
+    mentioned = {page: make_targets_named(text) for page, text in PAGES.items()}
+    assert {"run", "test", "serve", "bench", "doctor", "workflows", "history"} <= set().union(*mentioned.values())
+    for page, named in mentioned.items():
+        assert named - targets == set(), f"{page} mentions make targets that do not exist"
 
 
 def test_the_readme_commands_work_against_the_running_service(service, scripted_llm, local_stack):
@@ -84,9 +121,9 @@ def test_the_readme_commands_work_against_the_running_service(service, scripted_
     instance_id = service.start_run("Write a haiku for the README test.")
     assert service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
 
-    for command in readme_commands():
-        if not any(re.fullmatch(p, command) for p in RUN_HERE):
-            continue
+    here = [c for _, c in all_commands() if any(re.fullmatch(p, c) for p in RUN_HERE)]
+    assert len(here) >= len(RUN_HERE)  # each pattern has at least one command in the README or the docs
+    for command in dict.fromkeys(here):
         concrete = re.sub(r"<instance id>|\b[0-9a-f]{32}\b", instance_id, command)
         result = subprocess.run(["bash", "-c", concrete], cwd=stack.ROOT, env=local_stack.env(),
                                 capture_output=True, text=True, timeout=60)
@@ -105,11 +142,40 @@ def test_the_readme_commands_work_against_the_running_service(service, scripted_
                 assert text in result.stdout, f"{concrete}\n{result.stdout[:2000]}"
 
 
-def test_every_test_the_readme_names_exists():
+def test_every_test_the_readme_and_the_docs_name_exists():
     tests = {path.name: path.read_text() for path in Path(__file__).parent.glob("test_*.py")}
-    named = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", README)
+    named = {page: re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", text) for page, text in PAGES.items()}
 
-    assert len(named) >= 25  # the claims table, and the tests named in the text
-    for test_file, name in named:
-        where = [tests[test_file]] if test_file else list(tests.values())
-        assert any(f"def {name}(" in text for text in where), f"the README names {test_file}::{name}, which is no test"
+    assert len(named["README.md"]) >= 25  # the claims table names a test in every row
+    assert sum(len(found) for found in named.values()) >= 40  # and the docs name the tests behind their text
+    for page, found in named.items():
+        for test_file, name in found:
+            where = [tests[test_file]] if test_file else list(tests.values())
+            assert any(f"def {name}(" in text for text in where), f"{page} names {test_file}::{name}, which is no test"
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", prose(text), re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_relative_link_in_the_readme_and_the_docs_leads_somewhere():
+    checked = 0
+    for page, text in PAGES.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose(text)):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s) and other schemes
+            path_part, _, anchor = target.partition("#")
+            linked = (stack.ROOT / page).parent / path_part if path_part else stack.ROOT / page
+            assert linked.exists(), f"{page} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                assert anchor in heading_anchors(linked.read_text()), f"{page} links to {target}: no such heading"
+            checked += 1
+
+    assert checked >= 30
+    for page in PAGES:
+        if page != "README.md":
+            assert f"]({page})" in README, f"the README does not link to {page}"
