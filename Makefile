@@ -18,7 +18,7 @@ setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (onc
 	@bash scripts/setup.sh
 
 doctor: ## check this machine: tools, versions, ports, resources, LLM choice; one line per check with its fix
-	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tools.doctor; else echo "FAIL  no .venv yet -> make setup"; exit 1; fi
+	@$(PYTHON) -m tools.doctor
 
 run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything
 	@$(VENV_PY) -m tools.doctor --quick --failures-only
@@ -55,9 +55,9 @@ env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)
 workflows: ## list the running service's workflow runs
 	@$(VENV_PY) -m tools.workflows list
 
-history: ## one run's history: make history ID=<instance id>
+history: ## one run's history: make history ID=<instance id> [APP=durable-agent-minimal]
 	@test -n "$(ID)" || { echo "usage: make history ID=<instance id>  (ids: make workflows)"; exit 2; }
-	@$(VENV_PY) -m tools.workflows history "$(ID)"
+	@$(VENV_PY) -m tools.workflows $(if $(APP),--app-id "$(APP)") history "$(ID)"
 
 clean: stop ## stop the stack and delete its logs and data (.stack/)
 	rm -rf .stack

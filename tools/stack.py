@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from tools import console
 from tools import secure as secure_mode
 from tools.llm import LLMChoice, choose_llm
 from tools.processes import (
@@ -191,11 +192,16 @@ def run_app(app: list[str], name: str) -> int:
             say("$ dapr run " + " ".join(argv[2:]))
             # Own process group, so Ctrl+C reaches us first and we stop the
             # sidecar and the app in order instead of racing them.
-            popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+            one_shot = name == "minimal"
+            popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+                                        if one_shot else {}))
             record(name, popen.pid)
             with _graceful_stop_on_signal(popen) as stopping:
                 if name == "service":
                     _announce_when_ready(popen, stopping, env.get("DAPR_API_TOKEN"))
+                if one_shot:
+                    _show_one_shot(popen, llm.name == "echo")
                 while popen.poll() is None:
                     if stopping.is_set() and time.monotonic() > stopping.deadline:
                         say(f"the app did not finish within {DRAIN_TIMEOUT_S:.0f} s; stopping it now "
@@ -205,6 +211,16 @@ def run_app(app: list[str], name: str) -> int:
                 return popen.returncode if popen.returncode is not None else 0
         finally:
             stop_dapr_run(name)
+
+
+def _show_one_shot(popen: subprocess.Popen, echo_llm: bool) -> None:
+    """The readable part of a one-shot run on screen, all of it in its log, then the summary line."""
+    log_path = LOG_DIR / "run.log"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        facts = console.show_run(popen.stdout, sys.stdout, log, echo_llm)
+    popen.wait()
+    say(console.summary_line(facts, MINIMAL_APP_ID, rel(log_path)))
 
 
 def _announce_when_ready(popen: subprocess.Popen, stopping: _StopRequest, api_token: str | None) -> None:

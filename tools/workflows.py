@@ -5,7 +5,10 @@
 
 Both ask the service's sidecar through the Workflow engine's own gRPC API;
 the sidecar is found like `dapr list` finds it, by its daprd process (`dapr
-run` gives it a random gRPC port). `dapr workflow list` works too (it needs
+run` gives it a random gRPC port). When no sidecar of the app runs (after
+`make run`, say), `history` reads the same events from Redis, where the
+workflow engine keeps them, starting the stack's Redis for the moment if needed.
+`dapr workflow list` works too (it needs
 `-c redis://127.0.0.1:6379`), but the `dapr workflow history` of CLI 1.16.5
 reads actor state that runtime 1.18 no longer hands out, and prints an empty
 table; this prints the real history.
@@ -20,10 +23,12 @@ from datetime import datetime
 
 import grpc
 import psutil
+from dapr.ext.workflow._durabletask.internal import history_events_pb2 as history_pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 
-from tools.settings import SERVICE_APP_ID
+from tools.processes import StackError
+from tools.settings import REDIS_PORT, SERVICE_APP_ID
 
 
 def sidecar_grpc_port(app_id: str) -> int:
@@ -62,10 +67,31 @@ def list_instances(grpc_port: int, limit: int = 10_000) -> list[str]:
 
 
 def history(instance_id: str, grpc_port: int) -> list[dict]:
-    """The run's history events as plain rows: id, type, name, time, milliseconds since the start."""
+    """The run's history events as plain rows, from the sidecar."""
     response = _stub(grpc_port).GetInstanceHistory(
         pb.GetInstanceHistoryRequest(instanceId=instance_id), metadata=_metadata(), timeout=10)
-    events = list(response.events)
+    return history_rows(list(response.events))
+
+
+def history_from_redis(app_id: str, instance_id: str) -> list[dict]:
+    """The run's history events as plain rows, read from the workflow engine's keys in Redis."""
+    import redis
+
+    from tools import stack
+
+    with stack.running(tracing=False):
+        client = redis.Redis(port=REDIS_PORT)
+        prefix = f"{app_id}||dapr.internal.default.{app_id}.workflow||{instance_id}||history-"
+        keys = sorted(client.scan_iter(match=f"{prefix}*", count=1000))
+        events = [history_pb.HistoryEvent.FromString(client.hget(key, "data")) for key in keys]
+        client.close()
+    if not events:
+        raise LookupError(f"no run {instance_id} of app {app_id!r} in Redis")
+    return history_rows(events)
+
+
+def history_rows(events: list) -> list[dict]:
+    """History events as plain rows: id, type, name, time, milliseconds since the start."""
     start = min((e.timestamp.ToDatetime() for e in events), default=None)
     scheduled: dict[int, str] = {}  # task id -> activity name, to name its completion
     rows = []
@@ -100,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     history_parser.add_argument("instance_id")
     args = parser.parse_args(argv)
     try:
-        grpc_port = sidecar_grpc_port(args.app_id)
         if args.command == "list":
-            for instance_id in list_instances(grpc_port):
+            for instance_id in list_instances(sidecar_grpc_port(args.app_id)):
                 print(instance_id)
         else:
+            try:
+                rows = history(args.instance_id, sidecar_grpc_port(args.app_id))
+            except LookupError:
+                rows = history_from_redis(args.app_id, args.instance_id)
             print(f"{'ID':>4}  {'TYPE':<24} {'NAME':<44} {'ELAPSED':>10}")
-            for row in history(args.instance_id, grpc_port):
+            for row in rows:
                 print(f"{row['event_id']:>4}  {row['type']:<24} {row['name']:<44} {row['elapsed_ms']:>8.1f}ms")
-    except LookupError as exc:
+    except (LookupError, StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
