@@ -8,33 +8,56 @@
 #   $TDA_HOME/dapr-<runtime>/.dapr/bin/{daprd,placement,scheduler,sentry}
 #   $TDA_HOME/dapr-<runtime>/.dapr/config.yaml  (what `dapr init --slim` writes)
 #   $TDA_HOME/dapr-<runtime>/bin/dapr           (the CLI)
-# An existing `dapr init` install of the same minor version is reused as is.
+#   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole)
+# DAPR_BUILD=slim (the default) compiles only the components this example uses
+# (about 5 minutes); DAPR_BUILD=full compiles every component, like a release
+# build (much longer), into $TDA_HOME/dapr-<runtime>-full. tools/runtime.py
+# looks in both folders; a full build also serves when a slim one is asked for.
+# Versions come from tools/stack.env. The Go output goes to
+# $TDA_HOME/logs/build-dapr-<runtime>[-full].log; each step prints one line.
 set -euo pipefail
+# shellcheck source=tools/stack.env
+. "$(dirname "$0")/../tools/stack.env"   # DAPR_RUNTIME_VERSION, DAPR_CLI_VERSION, GO_MIN_VERSION, ZIPKIN_PORT
 
-DAPR_RUNTIME_VERSION="${DAPR_RUNTIME_VERSION:-1.18.2}"
-# The newest CLI release whose module the Go module proxy serves (1.17.x and
-# 1.18.x are refused there). It drives runtime 1.18 fine: `dapr run` only
-# passes flags that daprd 1.18 still accepts.
-DAPR_CLI_VERSION="${DAPR_CLI_VERSION:-1.16.5}"
-GO_MIN_VERSION="1.26.5"   # the go directive of github.com/dapr/dapr@v1.18.2
-TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"
-# DAPR_BUILD=slim compiles only the components this example uses (minutes);
-# DAPR_BUILD=full compiles every component, like a release build (much longer).
+TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"   # the rule of tools/settings.py
 DAPR_BUILD="${DAPR_BUILD:-slim}"
 
-PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION"
-[ "$DAPR_BUILD" = full ] && PREFIX="$PREFIX-full"
-RUNTIME_BIN="$PREFIX/.dapr/bin"
-STAMP="$PREFIX/.complete"
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-say() { printf '[dapr] %s\n' "$*" >&2; }
-die() { printf '[dapr] error: %s\n' "$*" >&2; exit 1; }
+# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
+# LOG, on one line "[setup] LABEL ... 12 s". If it fails: the log's last 20 lines,
+# the log's path, exit. (The same helper is in scripts/setup.sh.)
+step() {
+  local log="$1" label="$2" started=$SECONDS status
+  shift 2
+  mkdir -p "$(dirname "$log")"
+  printf '[setup] %s ... ' "$label" >&2
+  set +e
+  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
+  status=$?
+  set -e
+  if [ "$status" -ne 0 ]; then
+    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
+    tail -n 20 "$log" | sed 's/^/    /' >&2
+    die "$label failed; the whole output is in $log"
+  fi
+  printf '%s s\n' "$((SECONDS - started))" >&2
+}
+
+case "$DAPR_BUILD" in
+  slim) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION" ;;
+  full) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION-full" ;;
+  *) die "DAPR_BUILD must be slim or full, not '$DAPR_BUILD'" ;;
+esac
+RUNTIME_BIN="$PREFIX/.dapr/bin"
+LOG="$TDA_HOME/logs/build-dapr-$DAPR_RUNTIME_VERSION-$DAPR_BUILD.log"
 
 # The configuration `dapr run` uses when no --config is given: the one a
-# full `dapr init` writes, which sends every trace to Zipkin on :9411.
+# full `dapr init` writes, which sends every trace to Zipkin.
 write_default_config() {
-  mkdir -p "$PREFIX/.dapr"
-  cat > "$PREFIX/.dapr/config.yaml" <<'YAML'
+  mkdir -p "$1/.dapr"
+  cat > "$1/.dapr/config.yaml" <<YAML
 apiVersion: dapr.io/v1alpha1
 kind: Configuration
 metadata:
@@ -43,23 +66,36 @@ spec:
   tracing:
     samplingRate: "1"
     zipkin:
-      endpointAddress: http://localhost:9411/api/v2/spans
+      endpointAddress: http://localhost:$ZIPKIN_PORT/api/v2/spans
 YAML
 }
 
-if [ -f "$STAMP" ]; then
-  write_default_config
+# The finished build that serves this request, if there is one.
+ready_prefix() {
+  if [ -f "$PREFIX/.complete" ]; then
+    echo "$PREFIX"
+  elif [ "$DAPR_BUILD" = slim ] && [ -f "$PREFIX-full/.complete" ]; then
+    echo "$PREFIX-full"
+  else
+    return 1
+  fi
+}
+
+if ready="$(ready_prefix)"; then
+  write_default_config "$ready"
   exit 0
 fi
 
 # --- Go toolchain --------------------------------------------------------
-command -v go >/dev/null 2>&1 || die "Go is not installed. Install Go >= $GO_MIN_VERSION (https://go.dev/doc/install, or your package manager), then run this again."
-go_version="$(go env GOVERSION | sed 's/^go//')"
-if [ "$(printf '%s\n%s\n' "$GO_MIN_VERSION" "$go_version" | sort -V | head -n1)" != "$GO_MIN_VERSION" ]; then
-  die "Go $go_version is too old: Dapr $DAPR_RUNTIME_VERSION needs Go >= $GO_MIN_VERSION. Install a newer Go, then run this again."
-fi
-# Never let `go` fetch another toolchain behind our back; the check above decides.
+# GOTOOLCHAIN=local: never let `go` fetch another toolchain behind our back; the check below decides.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+command -v go >/dev/null 2>&1 \
+  || die "Go is not installed, and the Dapr runtime $DAPR_RUNTIME_VERSION is built with it (once per machine). Install Go >= $GO_MIN_VERSION (https://go.dev/dl, or your package manager), then run \`make setup\` again."
+go_version="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+[ -n "$go_version" ] || go_version="$(go version | sed -n 's/.* go\([0-9][^ ]*\).*/\1/p')"
+if [ "$(printf '%s\n%s\n' "$GO_MIN_VERSION" "$go_version" | sort -V | head -n1)" != "$GO_MIN_VERSION" ]; then
+  die "Go ${go_version:-(unknown version)} is too old: Dapr $DAPR_RUNTIME_VERSION needs Go >= $GO_MIN_VERSION. Install a newer Go (https://go.dev/dl), then run \`make setup\` again."
+fi
 
 # --- what to compile -----------------------------------------------------
 # Component registrations kept in the slim build. Each file in
@@ -76,61 +112,85 @@ SLIM_COMPONENTS=(
   middleware_http_routeralias
 )
 
+# Two clones building at once would trample each other: one builds, the other waits.
 mkdir -p "$TDA_HOME"
 exec 9>"$TDA_HOME/.install.lock"
-flock 9   # two clones building at once would trample each other
-[ -f "$STAMP" ] && exit 0
+if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+  step /dev/null "runtime: waiting for another set-up's build to finish ($TDA_HOME/.install.lock)" flock 9
+fi
+if ready="$(ready_prefix)"; then
+  write_default_config "$ready"
+  exit 0
+fi
 
-started=$(date +%s)
-say "Building Dapr runtime $DAPR_RUNTIME_VERSION ($DAPR_BUILD build) and CLI $DAPR_CLI_VERSION into $PREFIX"
-say "This happens once per machine and takes several minutes on a cold cache; later runs reuse it."
-
-say "downloading github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION from the Go module proxy"
-src_mod="$(go mod download -json "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-[ -d "$src_mod" ] || die "could not download github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION (is the Go module proxy reachable? GOPROXY=$(go env GOPROXY))"
+started=$SECONDS
+mkdir -p "$(dirname "$LOG")" && : > "$LOG"
+if [ "$DAPR_BUILD" = slim ]; then how_long="about 5 min"; else how_long="every component: much longer"; fi
+say "runtime: Dapr $DAPR_RUNTIME_VERSION ($DAPR_BUILD) and CLI $DAPR_CLI_VERSION are built once per machine ($how_long); log: $LOG"
 
 # go install refuses modules with replace directives, so build inside a
 # writable copy of the module instead.
 src="$TDA_HOME/src/dapr-$DAPR_RUNTIME_VERSION-$DAPR_BUILD"
-rm -rf "$src" && mkdir -p "$(dirname "$src")"
-cp -r "$src_mod" "$src" && chmod -R u+w "$src"
-if [ "$DAPR_BUILD" = slim ]; then
-  for f in "$src"/cmd/daprd/components/*.go; do
-    name="$(basename "$f" .go)"
-    keep=no
-    for k in "${SLIM_COMPONENTS[@]}"; do [ "$name" = "$k" ] && keep=yes; done
-    [ "$keep" = yes ] || rm -f "$f"
-  done
-fi
+
+module_dir() {  # the directory `go mod download` put a module in; why not, in the log
+  local json
+  if ! json="$(go mod download -json "$1")"; then
+    printf '%s\ncould not download %s (is the Go module proxy reachable? GOPROXY=%s)\n' \
+      "$json" "$1" "$(go env GOPROXY)" >&2
+    return 1
+  fi
+  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+fetch_sources() {
+  local dir
+  dir="$(module_dir "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION")"
+  [ -d "$dir" ] || { echo "no directory for github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION: '$dir'"; return 1; }
+  rm -rf "$src" && mkdir -p "$(dirname "$src")"
+  cp -r "$dir" "$src" && chmod -R u+w "$src"
+  if [ "$DAPR_BUILD" = slim ]; then
+    local f name keep k
+    for f in "$src"/cmd/daprd/components/*.go; do
+      name="$(basename "$f" .go)"
+      keep=no
+      for k in "${SLIM_COMPONENTS[@]}"; do [ "$name" = "$k" ] && keep=yes; done
+      [ "$keep" = yes ] || rm -f "$f"
+    done
+  fi
+}
 
 ldflags="-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_RUNTIME_VERSION-$DAPR_BUILD"
-mkdir -p "$RUNTIME_BIN" "$PREFIX/bin" "$PREFIX/.dapr/components"
-for cmd in daprd placement scheduler sentry; do
-  t0=$(date +%s)
-  say "compiling $cmd (progress: one dot per 30 s)"
-  ( while sleep 30; do printf '.' >&2; done ) & ticker=$!
-  ( cd "$src" && go build -tags allcomponents -ldflags "$ldflags" -o "$RUNTIME_BIN/$cmd" "./cmd/$cmd" ) || { kill $ticker; die "building $cmd failed (see the Go output above)"; }
-  kill $ticker 2>/dev/null || true; wait $ticker 2>/dev/null || true
-  printf '\n' >&2
-  say "$cmd built in $(( $(date +%s) - t0 )) s"
-done
+build_runtime_binary() {
+  echo "== go build ./cmd/$1"
+  cd "$src" && go build -tags allcomponents -ldflags "$ldflags" -o "$RUNTIME_BIN/$1" "./cmd/$1"
+}
 
-say "compiling the dapr CLI $DAPR_CLI_VERSION"
-cli_mod="$(go mod download -json "github.com/dapr/cli@v$DAPR_CLI_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-[ -d "$cli_mod" ] || die "could not download github.com/dapr/cli@v$DAPR_CLI_VERSION"
-cli_src="$TDA_HOME/src/cli-$DAPR_CLI_VERSION"
-rm -rf "$cli_src" && cp -r "$cli_mod" "$cli_src" && chmod -R u+w "$cli_src"
 # The CLI 1.16.5 module asks for components-contrib v1.16.3, which the proxy
 # refuses; v1.16.1 (same minor, used only through the dapr/dapr packages the
 # CLI imports) is served. This is the one change we make to upstream sources.
-( cd "$cli_src" \
-  && go mod edit -replace github.com/dapr/components-contrib=github.com/dapr/components-contrib@v1.16.1 \
-  && GOFLAGS="$GOFLAGS -mod=mod" go build \
-       -ldflags "-s -w -X main.version=$DAPR_CLI_VERSION -X main.apiVersion=1.0" \
-       -o "$PREFIX/bin/dapr" . ) || die "building the dapr CLI failed (see the Go output above)"
-rm -rf "$cli_src"
+build_cli() {
+  local dir cli_src="$TDA_HOME/src/cli-$DAPR_CLI_VERSION"
+  echo "== the dapr CLI $DAPR_CLI_VERSION"
+  dir="$(module_dir "github.com/dapr/cli@v$DAPR_CLI_VERSION")"
+  [ -d "$dir" ] || { echo "no directory for github.com/dapr/cli@v$DAPR_CLI_VERSION: '$dir'"; return 1; }
+  rm -rf "$cli_src" && cp -r "$dir" "$cli_src" && chmod -R u+w "$cli_src"
+  cd "$cli_src"
+  go mod edit -replace github.com/dapr/components-contrib=github.com/dapr/components-contrib@v1.16.1
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X main.version=$DAPR_CLI_VERSION -X main.apiVersion=1.0" \
+    -o "$PREFIX/bin/dapr" .
+  cd / && rm -rf "$cli_src"
+}
 
-write_default_config
+step "$LOG" "runtime: downloading the Dapr $DAPR_RUNTIME_VERSION sources (Go module proxy)" fetch_sources
+mkdir -p "$RUNTIME_BIN" "$PREFIX/bin" "$PREFIX/.dapr/components"
+number=0
+for cmd in daprd placement scheduler sentry; do
+  number=$((number + 1))
+  step "$LOG" "runtime: building $cmd ($number/5)" build_runtime_binary "$cmd"
+done
+step "$LOG" "runtime: building the dapr CLI $DAPR_CLI_VERSION (5/5)" build_cli
+
+write_default_config "$PREFIX"
 rm -rf "$src"
-date -u +%FT%TZ > "$STAMP"
-say "done in $(( $(date +%s) - started )) s: $("$RUNTIME_BIN/daprd" --version)"
+date -u +%FT%TZ > "$PREFIX/.complete"
+say "runtime: Dapr $("$RUNTIME_BIN/daprd" --version) ready in $PREFIX ($((SECONDS - started)) s in all)"

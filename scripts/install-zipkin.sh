@@ -2,28 +2,60 @@
 # Fetches the Zipkin server (one executable jar) from Maven Central into the
 # per-machine cache, where `dapr init` would have run it as a container.
 # Without Java the stack runs without tracing; tools/stack.py says so.
+# The version comes from tools/stack.env; Maven's output goes to
+# $TDA_HOME/logs/fetch-zipkin-<version>.log, and the step prints one line.
 set -euo pipefail
+# shellcheck source=tools/stack.env
+. "$(dirname "$0")/../tools/stack.env"   # ZIPKIN_VERSION
 
-ZIPKIN_VERSION="${ZIPKIN_VERSION:-3.6.1}"
-TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"
-JAR="$TDA_HOME/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"   # the rule of tools/settings.py
+JAR="$TDA_HOME/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"              # settings.ZIPKIN_JAR
+LOG="$TDA_HOME/logs/fetch-zipkin-$ZIPKIN_VERSION.log"
 
-say() { printf '[zipkin] %s\n' "$*" >&2; }
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
+# LOG, on one line "[setup] LABEL ... 12 s". If it fails: the log's last 20 lines,
+# the log's path, exit. (The same helper is in scripts/setup.sh.)
+step() {
+  local log="$1" label="$2" started=$SECONDS status
+  shift 2
+  mkdir -p "$(dirname "$log")"
+  printf '[setup] %s ... ' "$label" >&2
+  set +e
+  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
+  status=$?
+  set -e
+  if [ "$status" -ne 0 ]; then
+    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
+    tail -n 20 "$log" | sed 's/^/    /' >&2
+    die "$label failed; the whole output is in $log"
+  fi
+  printf '%s s\n' "$((SECONDS - started))" >&2
+}
 
 [ -f "$JAR" ] && exit 0
 if ! command -v java >/dev/null 2>&1; then
-  say "Java is not installed, so tracing stays off (Zipkin needs Java 17+: apt-get install openjdk-17-jre-headless)."
+  say "zipkin: skipped, no Java, so tracing stays off (Zipkin needs Java 17+: apt-get install openjdk-17-jre-headless maven)"
   exit 0
 fi
 if ! command -v mvn >/dev/null 2>&1; then
-  say "Maven is not installed, so Zipkin cannot be fetched and tracing stays off (apt-get install maven)."
+  say "zipkin: skipped, no Maven to fetch it, so tracing stays off (apt-get install maven)"
   exit 0
 fi
-say "fetching io.zipkin:zipkin-server:$ZIPKIN_VERSION (one jar, about 135 MB) from Maven Central"
-mkdir -p "$TDA_HOME/zipkin"
-mvn -q -B -Dstyle.color=never org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
-  -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
-  -DoutputDirectory="$TDA_HOME/zipkin.partial" -Dmdep.useBaseVersion=true
-mv "$TDA_HOME/zipkin.partial/zipkin-server-$ZIPKIN_VERSION-exec.jar" "$JAR"
-rm -rf "$TDA_HOME/zipkin.partial"
-say "installed $JAR"
+
+# Into a folder of its own, then one rename: two clones fetching at once never see half a jar.
+fetch_jar() {
+  # (not local: the EXIT trap runs after the function returned)
+  partial="$(mktemp -d "$TDA_HOME/zipkin.partial.XXXXXX")"
+  trap 'rm -rf "$partial"' EXIT
+  mvn -B -Dstyle.color=never org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+    -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+    -DoutputDirectory="$partial" -Dmdep.useBaseVersion=true
+  mkdir -p "$(dirname "$JAR")"
+  mv "$partial/zipkin-server-$ZIPKIN_VERSION-exec.jar" "$JAR"
+}
+
+mkdir -p "$TDA_HOME/logs" && : > "$LOG"
+step "$LOG" "zipkin: fetching the jar from Maven Central (about 135 MB)" fetch_jar

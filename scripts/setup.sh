@@ -4,51 +4,100 @@
 #   2. redis-server from the system's package manager;
 #   3. the pinned Dapr runtime and CLI (scripts/install-dapr.sh, cached per machine);
 #   4. the Zipkin server jar (scripts/install-zipkin.sh), if Java is there.
+# Each step that runs prints one line, "[setup] what ... 41 s"; what pip, apt-get,
+# Go and Maven say goes to a log file, and a failed step shows the log's last
+# lines and its path. A step already done prints nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/stack.env   # versions and ports: the one home of the example's facts
+
+LOG_DIR="${TDA_STATE_DIR:-.stack}/logs"   # this clone's logs, as in tools/settings.py
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
+# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
+# LOG, on one line "[setup] LABEL ... 12 s". If it fails: the log's last 20 lines,
+# the log's path, exit. (The same helper is in scripts/install-*.sh.)
+step() {
+  local log="$1" label="$2" started=$SECONDS status
+  shift 2
+  mkdir -p "$(dirname "$log")"
+  printf '[setup] %s ... ' "$label" >&2
+  set +e
+  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
+  status=$?
+  set -e
+  if [ "$status" -ne 0 ]; then
+    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
+    tail -n 20 "$log" | sed 's/^/    /' >&2
+    die "$label failed; the whole output is in $log"
+  fi
+  printf '%s s\n' "$((SECONDS - started))" >&2
+}
+
 # --- Python ---------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null 2>&1 || die "Python 3.11 or newer is needed and '$PYTHON' was not found. Install Python >= 3.11, or run: make PYTHON=/path/to/python3.11 ..."
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || die "$("$PYTHON" --version 2>&1) is too old: dapr-agents 1.0.9 needs Python >= 3.11. Install it, then run: make PYTHON=python3.11 ..."
+command -v "$PYTHON" >/dev/null 2>&1 \
+  || die "Python $PYTHON_MIN_VERSION or newer is needed and '$PYTHON' was not found. Install Python >= $PYTHON_MIN_VERSION, then run: make PYTHON=/path/to/python$PYTHON_MIN_VERSION setup"
+"$PYTHON" -c "import sys; sys.exit(sys.version_info < (${PYTHON_MIN_VERSION//./, }))" \
+  || die "$("$PYTHON" --version 2>&1) is too old: dapr-agents $DAPR_AGENTS_VERSION needs Python >= $PYTHON_MIN_VERSION. Install it, then run: make PYTHON=python$PYTHON_MIN_VERSION setup"
 
-stamp=.venv/.requirements.sha256
+install_venv() {
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv || { rm -rf .venv; false; }   # Debian: apt-get install python3-venv
+  fi
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off --upgrade pip
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
+}
+
+stamp=.venv/.requirements.sha256   # tools/doctor.py compares it too
 want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing requirements-dev.txt into .venv (the first time: about a minute)"
-  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+  log="$LOG_DIR/setup-python.log"
+  mkdir -p "$LOG_DIR" && : > "$log"
+  step "$log" "python: installing requirements-dev.txt into .venv" install_venv
   echo "$want" > "$stamp"
 fi
 
 # --- Redis ----------------------------------------------------------------
+apt_install() {
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
 if ! command -v redis-server >/dev/null 2>&1; then
+  log="$LOG_DIR/setup-redis.log"
+  mkdir -p "$LOG_DIR" && : > "$log"
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    [ -z "$SUDO" ] || command -v sudo >/dev/null 2>&1 || die "redis-server is missing and installing it needs root. Run: sudo apt-get install redis-server"
-    say "installing redis-server from the system packages"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    if [ -n "$SUDO" ]; then
+      command -v sudo >/dev/null 2>&1 || die "redis-server is missing and installing it needs root. Run: apt-get install redis-server (as root)"
+      sudo -v || die "redis-server is missing and installing it needs sudo. Run: sudo apt-get install redis-server"
+    fi
+    step "$log" "redis: installing redis-server (apt-get)" apt_install redis-server
   elif command -v brew >/dev/null 2>&1; then
-    say "installing redis with Homebrew"
-    brew install redis
+    step "$log" "redis: installing redis (Homebrew)" brew install redis
   else
     die "redis-server is missing. Install Redis 6 or newer with your package manager, then run this again."
   fi
 fi
 
 # --- Dapr -----------------------------------------------------------------
-# An existing `dapr init --slim` of the same minor version is used as it is
-# (tools/stack.py decides); otherwise ours is built once per machine and
-# reused (install-dapr.sh returns at once when it is there).
-if ! .venv/bin/python -c 'import sys, tools.stack as s; sys.exit(s.find_runtime().runtime_path is not None)' 2>/dev/null; then
-  bash scripts/install-dapr.sh
-fi
+# Your own `dapr init` of the same minor version is used as it is: daprd,
+# placement and scheduler in ~/.dapr/bin and `dapr` on PATH (the rule of
+# tools/runtime.py). Otherwise install-dapr.sh builds ours once per machine;
+# when that build is there it returns at once and prints nothing.
+dapr_init_runtime() {
+  local bin="$HOME/.dapr/bin" version
+  command -v dapr >/dev/null 2>&1 && [ -e "$bin/daprd" ] && [ -e "$bin/placement" ] && [ -e "$bin/scheduler" ] \
+    || return 1
+  version="$("$bin/daprd" --version 2>/dev/null || true)"
+  [[ "$version" =~ ([0-9]+\.[0-9]+\.[0-9]+) ]] && [[ "${BASH_REMATCH[1]}" == "${DAPR_RUNTIME_VERSION%.*}".* ]]
+}
+
+dapr_init_runtime || bash scripts/install-dapr.sh
 
 # --- Zipkin (tracing) -------------------------------------------------------
-bash scripts/install-zipkin.sh
+# Optional: without it everything runs, with tracing off (tools/stack.py says so).
+bash scripts/install-zipkin.sh || say "zipkin: not installed, so tracing stays off; \`make setup\` tries again"
