@@ -179,6 +179,8 @@ class ScriptedLLM:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"scripted LLM did not start on {self.host}:{self.port} (port taken?)")
             time.sleep(0.05)
+        if self.port == 0:  # the system chose a free port
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
@@ -215,7 +217,8 @@ def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -
     """
     from tools import stack  # the stack tooling imports nothing of ours; keep it that way
 
-    llm = ScriptedLLM().start()
+    # A port of its own, so that it never meets the test suite's scripted LLM.
+    llm = ScriptedLLM(port=0).start()
     try:
         with stack.service_running(llm.client_env(), tracing=tracing, log_name=log_name):
             yield llm
