@@ -16,34 +16,10 @@
 # Versions come from tools/stack.env. The Go output goes to
 # $TDA_HOME/logs/build-dapr-<runtime>[-full].log; each step prints one line.
 set -euo pipefail
-# shellcheck source=tools/stack.env
-. "$(dirname "$0")/../tools/stack.env"   # DAPR_RUNTIME_VERSION, DAPR_CLI_VERSION, GO_MIN_VERSION, ZIPKIN_PORT
-
-TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"   # the rule of tools/settings.py
+TAG=setup
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
 DAPR_BUILD="${DAPR_BUILD:-slim}"
-
-say() { printf '[setup] %s\n' "$*" >&2; }
-die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
-
-# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
-# LOG, on one line "[setup] LABEL ... 12 s". If it fails: the log's last 20 lines,
-# the log's path, exit. (The same helper is in scripts/setup.sh.)
-step() {
-  local log="$1" label="$2" started=$SECONDS status
-  shift 2
-  mkdir -p "$(dirname "$log")"
-  printf '[setup] %s ... ' "$label" >&2
-  set +e
-  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
-  status=$?
-  set -e
-  if [ "$status" -ne 0 ]; then
-    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
-    tail -n 20 "$log" | sed 's/^/    /' >&2
-    die "$label failed; the whole output is in $log"
-  fi
-  printf '%s s\n' "$((SECONDS - started))" >&2
-}
 
 case "$DAPR_BUILD" in
   slim) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION" ;;

@@ -8,29 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TAG=images
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh   # say/die/step
 LOG="${TDA_STATE_DIR:-.stack}/logs/setup-images.log"   # this clone's logs, as in tools/settings.py
-
-die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
-
-# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
-# LOG, on one line "[images] LABEL ... 12 s". If it fails: the log's last 20 lines,
-# the log's path, exit. (The same helper is in scripts/setup.sh.)
-step() {
-  local log="$1" label="$2" started=$SECONDS status
-  shift 2
-  mkdir -p "$(dirname "$log")"
-  printf '[images] %s ... ' "$label" >&2
-  set +e
-  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
-  status=$?
-  set -e
-  if [ "$status" -ne 0 ]; then
-    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
-    tail -n 20 "$log" | sed 's/^/    /' >&2
-    die "$label failed; the whole output is in $log"
-  fi
-  printf '%s s\n' "$((SECONDS - started))" >&2
-}
 
 apt_install() {
   $SUDO apt-get update

@@ -9,32 +9,11 @@
 # lines and its path. A step already done prints nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. tools/stack.env   # versions and ports: the one home of the example's facts
+TAG=setup
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
 
 LOG_DIR="${TDA_STATE_DIR:-.stack}/logs"   # this clone's logs, as in tools/settings.py
-
-say() { printf '[setup] %s\n' "$*" >&2; }
-die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
-
-# step LOG LABEL COMMAND...: run COMMAND (errexit on) with its output appended to
-# LOG, on one line "[setup] LABEL ... 12 s". If it fails: the log's last 20 lines,
-# the log's path, exit. (The same helper is in scripts/install-*.sh.)
-step() {
-  local log="$1" label="$2" started=$SECONDS status
-  shift 2
-  mkdir -p "$(dirname "$log")"
-  printf '[setup] %s ... ' "$label" >&2
-  set +e
-  ( set -e; "$@" ) >>"$log" 2>&1 </dev/null
-  status=$?
-  set -e
-  if [ "$status" -ne 0 ]; then
-    printf 'failed after %s s; the last lines of %s:\n' "$((SECONDS - started))" "$log" >&2
-    tail -n 20 "$log" | sed 's/^/    /' >&2
-    die "$label failed; the whole output is in $log"
-  fi
-  printf '%s s\n' "$((SECONDS - started))" >&2
-}
 
 # --- Python ---------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"

@@ -45,8 +45,6 @@ Result = Tuple[str, str, str]  # (status, message, fix); status is ok, todo, inf
 VENV_PYTHON = settings.VENV_BIN / "python"
 REQUIREMENTS = [settings.ROOT / "requirements.txt", settings.ROOT / "requirements-dev.txt"]
 REQUIREMENTS_STAMP = settings.ROOT / ".venv" / ".requirements.sha256"  # written by scripts/setup.sh
-# Where scripts/install-dapr.sh builds (slim, or DAPR_BUILD=full), in the order tools/runtime.py looks.
-BUILT_PREFIXES = (settings.RUNTIME_PREFIX, settings.RUNTIME_PREFIX.with_name(settings.RUNTIME_PREFIX.name + "-full"))
 EXPECTED_COMPONENTS = ["agent-memory", "agent-workflow", "agent-registry", "agent-pubsub",
                        "agent-secretstore", "agent-config", "llm-provider"]
 SECRET_FIELDS = {"key", "apikey", "password", "redispassword"}  # compared in lower case
@@ -191,7 +189,7 @@ def find_runtime() -> Optional[Runtime]:
     if (home_cli and all((home_bin / name).exists() for name in ("daprd", "placement", "scheduler"))
             and _version_of(home_bin / "daprd").startswith(minor + ".")):
         return Runtime(Path(home_cli), home_bin, None)
-    for prefix in BUILT_PREFIXES:
+    for prefix in settings.BUILT_RUNTIME_PREFIXES:
         if (prefix / ".complete").exists():
             return Runtime(prefix / "bin" / "dapr", prefix / ".dapr" / "bin", prefix)
     return None

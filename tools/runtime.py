@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.processes import StackError
-from tools.settings import DAPR_RUNTIME_VERSION, RUNTIME_PREFIX, VENV_BIN
+from tools.settings import BUILT_RUNTIME_PREFIXES, DAPR_RUNTIME_VERSION, VENV_BIN
 
 
 @dataclass
@@ -42,10 +42,6 @@ def version_of(binary: Path) -> str:
     return match.group(1) if match else ""
 
 
-# Where scripts/install-dapr.sh builds: the slim build, or every component with DAPR_BUILD=full.
-BUILT_PREFIXES = (RUNTIME_PREFIX, RUNTIME_PREFIX.with_name(RUNTIME_PREFIX.name + "-full"))
-
-
 def find_runtime() -> DaprRuntime:
     """A `dapr init --slim` install of the same minor version, else our own build."""
     minor = DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
@@ -54,7 +50,7 @@ def find_runtime() -> DaprRuntime:
     if (home_cli and all((home_bin / b).exists() for b in ("daprd", "placement", "scheduler"))
             and version_of(home_bin / "daprd").startswith(minor + ".")):
         return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
-    for prefix in BUILT_PREFIXES:
+    for prefix in BUILT_RUNTIME_PREFIXES:
         if (prefix / ".complete").exists():
             return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
                                f"Dapr {DAPR_RUNTIME_VERSION} built from source in {prefix}")

@@ -79,4 +79,7 @@ VENV_BIN = ROOT / ".venv" / "bin"
 TDA_HOME = Path(os.environ.get("TDA_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                 / "tiny-durable-agent")
 RUNTIME_PREFIX = TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}"
+# Where scripts/install-dapr.sh builds, in the order the tooling looks: every
+# component (DAPR_BUILD=full, asked for on purpose), then the slim build.
+BUILT_RUNTIME_PREFIXES = (TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}-full", RUNTIME_PREFIX)
 ZIPKIN_JAR = TDA_HOME / "zipkin" / f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
