@@ -6,9 +6,10 @@
 # The result lands in a cache outside the clone, keyed by version, so every
 # clone (and CI) reuses one build:
 #   $TDA_HOME/dapr-<runtime>/.dapr/bin/{daprd,placement,scheduler,sentry}
+#       (bin/daprd is a small wrapper around libexec/daprd: see write_daprd_wrapper)
 #   $TDA_HOME/dapr-<runtime>/.dapr/config.yaml  (what `dapr init --slim` writes)
 #   $TDA_HOME/dapr-<runtime>/bin/dapr           (the CLI)
-#   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole)
+#   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole, and its recipe)
 # DAPR_BUILD=slim (the default) compiles only the components this example uses
 # (about 5 minutes); DAPR_BUILD=full compiles every component, like a release
 # build (much longer), into $TDA_HOME/dapr-<runtime>-full. tools/runtime.py
@@ -26,11 +27,15 @@ case "$DAPR_BUILD" in
   full) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION-full" ;;
   *) die "DAPR_BUILD must be slim or full, not '$DAPR_BUILD'" ;;
 esac
-RUNTIME_BIN="$PREFIX/.dapr/bin"
+# The build goes into a folder of its own and replaces PREFIX only when whole, so
+# that processes still running the old binaries keep them, and a broken build
+# leaves the old one in place.
+BUILD="$PREFIX.partial"
 LOG="$TDA_HOME/logs/build-dapr-$DAPR_RUNTIME_VERSION-$DAPR_BUILD.log"
 
 # The configuration `dapr run` uses when no --config is given: the one a
-# full `dapr init` writes, which sends every trace to Zipkin.
+# full `dapr init` writes, which sends every trace to Zipkin, plus the name
+# resolution that keeps the sidecar off the network.
 write_default_config() {
   mkdir -p "$1/.dapr"
   cat > "$1/.dapr/config.yaml" <<YAML
@@ -43,14 +48,47 @@ spec:
     samplingRate: "1"
     zipkin:
       endpointAddress: http://localhost:$ZIPKIN_PORT/api/v2/spans
+  # Not in \`dapr init\`'s file: sidecars find each other in a SQLite file of
+  # the clone they run from, instead of mDNS, which listens on every interface.
+  nameResolution:
+    component: sqlite
+    configuration:
+      connectionString: .stack/nameresolution.db
 YAML
 }
 
-# The finished build that serves this request, if there is one.
+# `dapr run` starts <prefix>/.dapr/bin/daprd. The CLI can pass daprd the
+# listen address of its HTTP and gRPC APIs but not those of its metrics and
+# internal gRPC servers, which then listen on every interface. So bin/daprd
+# is this wrapper: it starts the real daprd with all of them on loopback.
+# TDA_SIDECAR_ADDRESS is the one switch that opens them (docs/security.md);
+# the wrapper refuses it without DAPR_API_TOKEN. The last flag wins in daprd.
+write_daprd_wrapper() {
+  rm -f "$1/.dapr/bin/daprd"   # an older recipe's binary
+  cat > "$1/.dapr/bin/daprd" <<'SH'
+#!/bin/sh
+# Written by scripts/install-dapr.sh of tiny-durable-agent: starts the real daprd
+# with every listener on loopback, unless TDA_SIDECAR_ADDRESS says otherwise.
+address="${TDA_SIDECAR_ADDRESS:-127.0.0.1}"
+case "$address" in
+  127.*|localhost|::1) ;;
+  *) if [ -z "$DAPR_API_TOKEN" ]; then
+       echo "daprd: TDA_SIDECAR_ADDRESS=$address would let anyone who reaches this machine call the sidecar's API (secrets, state, workflows). Set DAPR_API_TOKEN too, or unset TDA_SIDECAR_ADDRESS." >&2
+       exit 1
+     fi ;;
+esac
+exec "$(dirname "$0")/../libexec/daprd" "$@" --dapr-listen-addresses "$address" \
+  --dapr-internal-grpc-listen-address "$address" --metrics-listen-address "$address"
+SH
+  chmod +x "$1/.dapr/bin/daprd"
+}
+
+# The finished build of the current recipe that serves this request, if there is one.
+is_current() { [ -f "$1/.complete" ] && grep -qx "recipe $DAPR_BUILD_RECIPE" "$1/.complete"; }
 ready_prefix() {
-  if [ -f "$PREFIX/.complete" ]; then
+  if is_current "$PREFIX"; then
     echo "$PREFIX"
-  elif [ "$DAPR_BUILD" = slim ] && [ -f "$PREFIX-full/.complete" ]; then
+  elif [ "$DAPR_BUILD" = slim ] && is_current "$PREFIX-full"; then
     echo "$PREFIX-full"
   else
     return 1
@@ -84,7 +122,7 @@ SLIM_COMPONENTS=(
   secretstores_local_file secretstores_local_env
   configuration_redis
   lock_redis
-  nameresolution_mdns
+  nameresolution_mdns nameresolution_sqlite
   middleware_http_routeralias
 )
 
@@ -98,6 +136,7 @@ if ready="$(ready_prefix)"; then
   write_default_config "$ready"
   exit 0
 fi
+[ -f "$PREFIX/.complete" ] && say "runtime: the build in $PREFIX is of an older recipe; building it again"
 
 started=$SECONDS
 mkdir -p "$(dirname "$LOG")" && : > "$LOG"
@@ -133,17 +172,32 @@ fetch_sources() {
       [ "$keep" = yes ] || rm -f "$f"
     done
   fi
+  patch_health_servers_to_loopback
+}
+
+# placement, scheduler and sentry accept --healthz-listen-address, but 1.18.2's
+# health server never receives it and listens on every interface
+# (pkg/healthz/server/server.go: net.Listen("tcp", ":<port>")). Our one patch
+# to the runtime's sources makes it listen on loopback; docs/security.md has
+# the upstream report.
+patch_health_servers_to_loopback() {
+  local file="$src/pkg/healthz/server/server.go"
+  grep -q 'net.Listen("tcp", fmt.Sprintf(":%d", s.port))' "$file" \
+    || { echo "$file changed upstream: the health-server patch no longer applies"; return 1; }
+  sed -i 's/net.Listen("tcp", fmt.Sprintf(":%d", s.port))/net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))/' "$file"
 }
 
 ldflags="-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_RUNTIME_VERSION-$DAPR_BUILD"
 build_runtime_binary() {
+  local out="$BUILD/.dapr/bin/$1"
+  [ "$1" = daprd ] && out="$BUILD/.dapr/libexec/daprd"   # bin/daprd is the wrapper
   echo "== go build ./cmd/$1"
-  cd "$src" && go build -tags allcomponents -ldflags "$ldflags" -o "$RUNTIME_BIN/$1" "./cmd/$1"
+  cd "$src" && go build -tags allcomponents -ldflags "$ldflags" -o "$out" "./cmd/$1"
 }
 
 # The CLI 1.16.5 module asks for components-contrib v1.16.3, which the proxy
 # refuses; v1.16.1 (same minor, used only through the dapr/dapr packages the
-# CLI imports) is served. This is the one change we make to upstream sources.
+# CLI imports) is served.
 build_cli() {
   local dir cli_src="$TDA_HOME/src/cli-$DAPR_CLI_VERSION"
   echo "== the dapr CLI $DAPR_CLI_VERSION"
@@ -153,12 +207,13 @@ build_cli() {
   cd "$cli_src"
   go mod edit -replace github.com/dapr/components-contrib=github.com/dapr/components-contrib@v1.16.1
   GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X main.version=$DAPR_CLI_VERSION -X main.apiVersion=1.0" \
-    -o "$PREFIX/bin/dapr" .
+    -o "$BUILD/bin/dapr" .
   cd / && rm -rf "$cli_src"
 }
 
 step "$LOG" "runtime: downloading the Dapr $DAPR_RUNTIME_VERSION sources (Go module proxy)" fetch_sources
-mkdir -p "$RUNTIME_BIN" "$PREFIX/bin" "$PREFIX/.dapr/components"
+rm -rf "$BUILD"
+mkdir -p "$BUILD/.dapr/bin" "$BUILD/.dapr/libexec" "$BUILD/bin" "$BUILD/.dapr/components"
 number=0
 for cmd in daprd placement scheduler sentry; do
   number=$((number + 1))
@@ -166,7 +221,12 @@ for cmd in daprd placement scheduler sentry; do
 done
 step "$LOG" "runtime: building the dapr CLI $DAPR_CLI_VERSION (5/5)" build_cli
 
-write_default_config "$PREFIX"
+write_default_config "$BUILD"
+write_daprd_wrapper "$BUILD"
 rm -rf "$src"
-date -u +%FT%TZ > "$PREFIX/.complete"
-say "runtime: Dapr $("$RUNTIME_BIN/daprd" --version) ready in $PREFIX ($((SECONDS - started)) s in all)"
+printf '%s\nrecipe %s\n' "$(date -u +%FT%TZ)" "$DAPR_BUILD_RECIPE" > "$BUILD/.complete"
+rm -rf "$PREFIX.old"
+if [ -d "$PREFIX" ]; then mv "$PREFIX" "$PREFIX.old"; fi
+mv "$BUILD" "$PREFIX"
+rm -rf "$PREFIX.old"
+say "runtime: Dapr $("$PREFIX/.dapr/bin/daprd" --version) ready in $PREFIX ($((SECONDS - started)) s in all)"

@@ -146,3 +146,36 @@ class Service:
     def close(self) -> None:
         self.http.close()
         self.sidecar.close()
+
+
+def stack_processes() -> list[psutil.Process]:
+    """Every process this stack recorded, with its descendants (a `dapr run`'s daprd and app)."""
+    from tools.processes import recorded_names
+
+    found: dict[int, psutil.Process] = {}
+    for name in recorded_names():
+        process = recorded(name)
+        if process is None:
+            continue
+        for member in [process, *process.children(recursive=True)]:
+            found[member.pid] = member
+    return list(found.values())
+
+
+def listeners_beyond_loopback(processes: list[psutil.Process]) -> list[str]:
+    """The sockets of `processes` that the network could reach: TCP listeners and bound UDP
+    sockets whose address is not loopback, as "name pid proto address:port"."""
+    import ipaddress
+
+    reachable = []
+    for process in processes:
+        try:
+            name, connections = process.name(), process.net_connections(kind="inet")
+        except psutil.Error:
+            continue  # it ended meanwhile
+        for conn in connections:
+            listening = conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr)  # 2: SOCK_DGRAM
+            if listening and not ipaddress.ip_address(conn.laddr.ip.removeprefix("::ffff:")).is_loopback:
+                proto = "udp" if conn.type == 2 else "tcp"
+                reachable.append(f"{name} pid {process.pid} {proto} {conn.laddr.ip}:{conn.laddr.port}")
+    return reachable

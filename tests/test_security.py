@@ -20,7 +20,7 @@ import redis
 import yaml
 from cryptography import x509
 
-from helpers import workflow_key_mentioning
+from helpers import listeners_beyond_loopback, stack_processes, workflow_key_mentioning
 from tools import processes, secure, services, settings
 from tools.settings import SERVICE_APP_ID
 
@@ -116,12 +116,17 @@ def secure_service(secure_session):
     return secure_session
 
 
-def _internal_grpc_port() -> int:
-    for process in psutil.process_iter(["name", "cmdline"]):
-        args = process.info["cmdline"] or []
-        if process.info["name"] == "daprd" and SERVICE_APP_ID in args:
-            return int(args[args.index("--dapr-internal-grpc-port") + 1])
-    raise AssertionError("no daprd of the service")
+def _internal_grpc_port(service) -> int:
+    _, daprd = service.processes()
+    args = daprd.cmdline()
+    return int(args[args.index("--dapr-internal-grpc-port") + 1])
+
+
+def test_in_secure_mode_too_no_process_of_the_stack_listens_beyond_loopback(secure_service):
+    running = {process.name() for process in stack_processes()}
+    assert {"sentry", "redis-server", "placement", "scheduler", "daprd"} <= running, running
+
+    assert listeners_beyond_loopback(stack_processes()) == []
 
 
 def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
@@ -129,7 +134,7 @@ def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # we only read what the sidecar presents
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", _internal_grpc_port()), timeout=10) as raw, \
+    with socket.create_connection(("127.0.0.1", _internal_grpc_port(secure_service)), timeout=10) as raw, \
             context.wrap_socket(raw) as tls:
         der = tls.getpeercert(binary_form=True)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tools import settings
+from tools.runtime import DaprRuntime, locate_runtime
 
 try:  # in .venv; the system python3 that runs `make doctor` may not have it
     import yaml
@@ -163,36 +164,14 @@ def check_redis() -> List[Result]:
     return [("ok", f"redis-server {text} ({server})", "")]
 
 
-class Runtime:
-    """A Dapr runtime and CLI found on this machine (the rule of tools/runtime.py's find_runtime)."""
-
-    def __init__(self, cli: Path, bin_dir: Path, prefix: Optional[Path]) -> None:
-        self.cli, self.bin_dir, self.prefix = cli, bin_dir, prefix  # prefix None: your `dapr init` (~/.dapr)
-
-    def env(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        if self.prefix is not None:
-            env["DAPR_RUNTIME_PATH"] = str(self.prefix)
-        return env
-
-
 def _version_of(binary: Path) -> str:
     return ".".join(map(str, version_tuple(output_of([str(binary), "--version"]))))
 
 
 @functools.lru_cache(maxsize=None)
-def find_runtime() -> Optional[Runtime]:
-    """A `dapr init --slim` install of the same minor version, else a finished build of scripts/install-dapr.sh."""
-    minor = settings.DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
-    home_bin = Path.home() / ".dapr" / "bin"
-    home_cli = shutil.which("dapr")
-    if (home_cli and all((home_bin / name).exists() for name in ("daprd", "placement", "scheduler"))
-            and _version_of(home_bin / "daprd").startswith(minor + ".")):
-        return Runtime(Path(home_cli), home_bin, None)
-    for prefix in settings.BUILT_RUNTIME_PREFIXES:
-        if (prefix / ".complete").exists():
-            return Runtime(prefix / "bin" / "dapr", prefix / ".dapr" / "bin", prefix)
-    return None
+def find_runtime() -> Optional[DaprRuntime]:
+    """The runtime the stack would use (tools/runtime.py's rule), or None."""
+    return locate_runtime()
 
 
 def check_go() -> List[Result]:
@@ -216,10 +195,10 @@ def check_dapr() -> List[Result]:
     if runtime is None:
         return [("todo", f"Dapr runtime {settings.DAPR_RUNTIME_VERSION} and CLI {settings.DAPR_CLI_VERSION}",
                  "`make setup` builds them with Go (about 5 min, once per machine)")]
-    from_dapr_init = runtime.prefix is None
+    from_dapr_init = runtime.runtime_path is None
     # `make setup` skips an existing build, so a wrong one has to be removed first.
     rebuild = (f"`dapr init --slim --runtime-version {settings.DAPR_RUNTIME_VERSION}`" if from_dapr_init
-               else f"`rm -rf {short(runtime.prefix)}`, then `make setup`")
+               else f"`rm -rf {short(runtime.runtime_path)}`, then `make setup`")
     daprd = _version_of(runtime.bin_dir / "daprd")
     same_minor = daprd.rsplit(".", 1)[0] == settings.DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
     if daprd == settings.DAPR_RUNTIME_VERSION or (from_dapr_init and same_minor):

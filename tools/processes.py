@@ -8,10 +8,12 @@ finds it again even after the command that started it crashed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -123,20 +125,68 @@ def log_tail(log: Path | None, lines: int = 15) -> str:
 # Start and record
 # --------------------------------------------------------------------------
 def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
-          log: Path | None = None, append: bool = False) -> psutil.Process:
-    """Start `argv` in a new process group, output to its log, recorded under `name`."""
+          log: Path | None = None, append: bool = False, tied: bool = True) -> psutil.Process:
+    """Start `argv` in a new process group, output to its log, recorded under `name`.
+
+    `tied`: the process ends with the one that starts it (see die_with_parent),
+    as for `make run`, `make serve` and the tests; `make up` starts untied ones.
+    """
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = log or LOG_DIR / f"{name}.log"
     with open(log, "ab" if append else "wb") as out:
         popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-    record(name, popen.pid)
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=die_with_parent(os.getpid()) if tied else None)
+    record(name, popen.pid, tied)
     return psutil.Process(popen.pid)
 
 
-def record(name: str, pid: int) -> None:
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGTERM when its parent dies, however it dies.
+
+    Each process runs in a session of its own (so Ctrl+C reaches only the
+    supervisor, which stops everything in order), which also means a SIGKILL
+    of the supervisor's process group reaches none of them. Linux's parent-death
+    signal closes that gap; a `dapr run` that gets it stops its daprd and app.
+    None where the system has no such signal: there, `up()` stops leftovers.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
+
+
+def record(name: str, pid: int, tied: bool = True) -> None:
+    """Write `name`'s pid file: the pid and its start time and, for a tied process, its owner's."""
     PID_DIR.mkdir(parents=True, exist_ok=True)
-    (PID_DIR / f"{name}.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
+    owner = f" {os.getpid()} {psutil.Process().create_time()}" if tied else ""
+    (PID_DIR / f"{name}.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}{owner}\n")
+
+
+def orphaned(name: str) -> psutil.Process | None:
+    """The process recorded under `name` if it outlived the command it was tied to (a hard kill of
+    `make serve`, say): a leftover that holds the stack's ports and serves no one."""
+    process = recorded(name)
+    try:
+        fields = (PID_DIR / f"{name}.pid").read_text().split()
+    except OSError:
+        return None
+    if process is None or len(fields) < 4:
+        return None
+    try:
+        owner = psutil.Process(int(fields[2]))
+        if abs(owner.create_time() - float(fields[3])) < 0.01 and alive(owner):
+            return None
+    except psutil.Error:
+        pass
+    return process
 
 
 def recorded(name: str) -> psutil.Process | None:
@@ -146,7 +196,7 @@ def recorded(name: str) -> psutil.Process | None:
     signalling an unrelated process that reused the pid after ours ended.
     """
     try:
-        pid_text, created = (PID_DIR / f"{name}.pid").read_text().split()
+        pid_text, created = (PID_DIR / f"{name}.pid").read_text().split()[:2]
         process = psutil.Process(int(pid_text))
         if abs(process.create_time() - float(created)) < 0.01 and alive(process):
             return process

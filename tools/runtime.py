@@ -2,6 +2,7 @@
 
 A `dapr init --slim` install of the pinned minor version is used as it is;
 otherwise the one `scripts/install-dapr.sh` built into the per-machine cache.
+Standard library only at import: `make doctor` uses it before set-up.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.processes import StackError
-from tools.settings import BUILT_RUNTIME_PREFIXES, DAPR_RUNTIME_VERSION, VENV_BIN
+from tools.settings import BUILT_RUNTIME_PREFIXES, DAPR_BUILD_RECIPE, DAPR_RUNTIME_VERSION, TDA_HOME, VENV_BIN
 
 
 @dataclass
@@ -42,8 +42,8 @@ def version_of(binary: Path) -> str:
     return match.group(1) if match else ""
 
 
-def find_runtime() -> DaprRuntime:
-    """A `dapr init --slim` install of the same minor version, else our own build."""
+def locate_runtime() -> DaprRuntime | None:
+    """A `dapr init --slim` install of the same minor version, else our own current build, else None."""
     minor = DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
     home_bin = Path.home() / ".dapr" / "bin"
     home_cli = shutil.which("dapr")
@@ -51,8 +51,30 @@ def find_runtime() -> DaprRuntime:
             and version_of(home_bin / "daprd").startswith(minor + ".")):
         return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
     for prefix in BUILT_RUNTIME_PREFIXES:
-        if (prefix / ".complete").exists():
+        if build_is_current(prefix):
             return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
                                f"Dapr {DAPR_RUNTIME_VERSION} built from source in {prefix}")
+    return None
+
+
+def find_runtime() -> DaprRuntime:
+    """locate_runtime(), or an error that says how to install it."""
+    from tools.processes import StackError  # psutil: not for the doctor's import
+
+    runtime = locate_runtime()
+    if runtime is not None:
+        return runtime
+    if any((prefix / ".complete").exists() for prefix in BUILT_RUNTIME_PREFIXES):
+        raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} in {TDA_HOME} was built by an older recipe "
+                         f"of this example (recipe {DAPR_BUILD_RECIPE} is current). Run `make setup` to build it "
+                         "again (quick with a warm Go cache).")
     raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} is not installed. Run `make setup` "
                      "(it builds it from the Go module proxy; a few minutes, once per machine).")
+
+
+def build_is_current(prefix: Path) -> bool:
+    """Our build in `prefix` is whole (its stamp is written last) and of the current recipe."""
+    try:
+        return f"recipe {DAPR_BUILD_RECIPE}" in (prefix / ".complete").read_text().split("\n")
+    except OSError:
+        return False

@@ -19,7 +19,6 @@ from tools.settings import (
     LOG_DIR,
     SECURE_DIR,
     SENTRY_HEALTHZ_PORT,
-    SENTRY_METRICS_PORT,
     SENTRY_PORT,
 )
 
@@ -44,9 +43,10 @@ def sentry_service(bin_dir: Path) -> Service:
     return Service("sentry", [
         str(bin_dir / "sentry"), "--mode", "standalone", "--config", str(SECURE_DIR / "sentry-config.yaml"),
         "--issuer-credentials", str(SENTRY_CREDENTIALS), "--trust-domain", TRUST_DOMAIN,
-        "--port", str(SENTRY_PORT), "--listen-address", "127.0.0.1",
-        "--healthz-port", str(SENTRY_HEALTHZ_PORT), "--metrics-port", str(SENTRY_METRICS_PORT),
-    ], {"sentry": SENTRY_PORT, "sentry health": SENTRY_HEALTHZ_PORT, "sentry metrics": SENTRY_METRICS_PORT},
+        "--port", str(SENTRY_PORT), "--listen-address", "127.0.0.1", "--healthz-port", str(SENTRY_HEALTHZ_PORT),
+        # Sentry's metrics server ignores every listen address and binds all interfaces; nothing here reads it.
+        "--enable-metrics=false",
+    ], {"sentry": SENTRY_PORT, "sentry health": SENTRY_HEALTHZ_PORT},
         lambda: http_ok(f"http://127.0.0.1:{SENTRY_HEALTHZ_PORT}/healthz")
         and (SENTRY_CREDENTIALS / "ca.crt").exists())
 

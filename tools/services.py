@@ -21,6 +21,7 @@ from tools.processes import (
     Service,
     StackError,
     http_ok,
+    orphaned,
     port_holder,
     recorded,
     recorded_names,
@@ -36,6 +37,7 @@ from tools.runtime import DaprRuntime, find_runtime
 from tools.settings import (
     DATA_DIR,
     LOG_DIR,
+    NAME_RESOLUTION_DB,
     PLACEMENT_HEALTHZ_PORT,
     PLACEMENT_METRICS_PORT,
     PLACEMENT_PORT,
@@ -85,6 +87,8 @@ def control_plane(bin_dir: Path, secure: bool = False) -> list[Service]:
             # The Configuration API's subscriptions listen for keyspace events.
             "--notify-keyspace-events", "KA",
         ], {"redis": REDIS_PORT}, redis_ping),
+        # --healthz-listen-address is not passed on by 1.18.2 (scripts/install-dapr.sh patches the health
+        # server to loopback); placement's and scheduler's metrics follow --listen-address.
         Service("placement", [
             str(bin_dir / "placement"), "--port", str(PLACEMENT_PORT), "--listen-address", "127.0.0.1",
             "--healthz-port", str(PLACEMENT_HEALTHZ_PORT), "--healthz-listen-address", "127.0.0.1",
@@ -116,7 +120,8 @@ def zipkin_service() -> Service | None:
     if java is None or not ZIPKIN_JAR.exists():
         return None
     return Service("zipkin", [
-        java, "-Xmx256m", "-jar", str(ZIPKIN_JAR),
+        # Armeria's own DNS resolver keeps a UDP socket open on every interface; the JDK's does not.
+        java, "-Xmx256m", "-Dcom.linecorp.armeria.useJdkDnsResolver=true", "-jar", str(ZIPKIN_JAR),
         "--armeria.ports[0].ip=127.0.0.1", f"--armeria.ports[0].port={ZIPKIN_PORT}",
     ], {"zipkin": ZIPKIN_PORT}, lambda: http_ok(f"http://127.0.0.1:{ZIPKIN_PORT}/health"))
 
@@ -147,16 +152,20 @@ def _wanted(runtime: DaprRuntime, tracing: bool, secure: bool) -> list[Service]:
     return wanted
 
 
-def up(tracing: bool = True, secure: bool = False) -> tuple[DaprRuntime, list[str]]:
+def up(tracing: bool = True, secure: bool = False, tied: bool = True) -> tuple[DaprRuntime, list[str]]:
     """Start every service that is not already running; wait until each is healthy.
 
     Services start side by side and are then awaited one by one, so the
     slowest (Zipkin's JVM, about 10 s) sets the start-up time. Returns the
     runtime and the names of the services this call started, so the caller
-    stops exactly those and leaves a stack it found running alone.
+    stops exactly those and leaves a stack it found running alone. `tied`
+    services end with this process (see processes.spawn); `make up` starts
+    untied ones, which run until `make stop`.
     """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
+    stop_leftovers()
+    NAME_RESOLUTION_DB.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
     started: list[tuple[Service, psutil.Process, float]] = []
     try:
         for service in _wanted(runtime, tracing, secure):
@@ -171,7 +180,7 @@ def up(tracing: bool = True, secure: bool = False) -> tuple[DaprRuntime, list[st
                                  "(or install it: `apt-get install redis-server`, `brew install redis`).")
             require_free(service.ports)
             (DATA_DIR / service.name).mkdir(parents=True, exist_ok=True)
-            started.append((service, spawn(service.name, service.argv), time.monotonic()))
+            started.append((service, spawn(service.name, service.argv, tied=tied), time.monotonic()))
             if service.name == "sentry":
                 wait_until(service.ready, "sentry", process=started[-1][1], log=LOG_DIR / "sentry.log")
         for service, process, t0 in started:
@@ -183,6 +192,15 @@ def up(tracing: bool = True, secure: bool = False) -> tuple[DaprRuntime, list[st
         stop_services([service.name for service, _, _ in started])
         raise
     return runtime, [service.name for service, _, _ in started]
+
+
+def stop_leftovers() -> None:
+    """Stop what a killed command of this stack left running (its services and its `dapr run`),
+    so that the next start finds the ports free instead of a stack that serves no one."""
+    leftovers = [name for name in recorded_names() if orphaned(name) is not None]
+    if leftovers:
+        say(f"stopping what a killed command of this stack left running: {', '.join(leftovers)}")
+        stop_services(leftovers)
 
 
 # Apps (0) stop before the services they use.

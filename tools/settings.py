@@ -31,6 +31,7 @@ PYTHON_MIN_VERSION = tuple(int(part) for part in FACTS["PYTHON_MIN_VERSION"].spl
 DAPR_RUNTIME_VERSION = FACTS["DAPR_RUNTIME_VERSION"]
 DAPR_CLI_VERSION = FACTS["DAPR_CLI_VERSION"]
 GO_MIN_VERSION = FACTS["GO_MIN_VERSION"]
+DAPR_BUILD_RECIPE = FACTS["DAPR_BUILD_RECIPE"]
 ZIPKIN_VERSION = FACTS["ZIPKIN_VERSION"]
 
 SERVICE_APP_ID = FACTS["SERVICE_APP_ID"]
@@ -49,13 +50,15 @@ SCHEDULER_HEALTHZ_PORT = int(FACTS["SCHEDULER_HEALTHZ_PORT"])
 SENTRY_HEALTHZ_PORT = int(FACTS["SENTRY_HEALTHZ_PORT"])
 PLACEMENT_METRICS_PORT = int(FACTS["PLACEMENT_METRICS_PORT"])
 SCHEDULER_METRICS_PORT = int(FACTS["SCHEDULER_METRICS_PORT"])
-SENTRY_METRICS_PORT = int(FACTS["SENTRY_METRICS_PORT"])
 SCHEDULER_ETCD_CLIENT_PORT = int(FACTS["SCHEDULER_ETCD_CLIENT_PORT"])
 SCHEDULER_ETCD_PEER_PORT = int(FACTS["SCHEDULER_ETCD_PEER_PORT"])
 SCRIPTED_LLM_PORT = int(FACTS["SCRIPTED_LLM_PORT"])
 
 SERVICE_URL = f"http://127.0.0.1:{APP_PORT}"
 SIDECAR_URL = f"http://127.0.0.1:{SIDECAR_HTTP_PORT}"
+
+# Where every listener of the stack binds; TDA_SIDECAR_ADDRESS opens the sidecar's (docs/security.md).
+LOOPBACK = "127.0.0.1"
 
 # The ports the service's `dapr run` needs, and every port the stack's services take.
 SERVICE_PORTS = {"app": APP_PORT, "sidecar HTTP": SIDECAR_HTTP_PORT, "sidecar metrics": SIDECAR_METRICS_PORT}
@@ -65,13 +68,15 @@ STACK_PORTS = {
     "scheduler health": SCHEDULER_HEALTHZ_PORT, "scheduler metrics": SCHEDULER_METRICS_PORT,
     "scheduler etcd": SCHEDULER_ETCD_CLIENT_PORT, "scheduler etcd peer": SCHEDULER_ETCD_PEER_PORT,
     "zipkin": ZIPKIN_PORT, "sentry": SENTRY_PORT, "sentry health": SENTRY_HEALTHZ_PORT,
-    "sentry metrics": SENTRY_METRICS_PORT,
 }
 
 # --- paths -----------------------------------------------------------------------
 # This clone's state: logs, pid files, data (Redis, etcd, certificates).
 STATE_DIR = Path(os.environ.get("TDA_STATE_DIR", ROOT / ".stack"))
 LOG_DIR, PID_DIR, DATA_DIR = STATE_DIR / "logs", STATE_DIR / "pids", STATE_DIR / "data"
+# Where sidecars find each other (SQLite name resolution): the sidecar configurations name it
+# relative to where `dapr run` starts, the repository, whatever TDA_STATE_DIR says.
+NAME_RESOLUTION_DB = ROOT / ".stack" / "nameresolution.db"
 RESOURCES_DIR = ROOT / "resources"
 SECURE_DIR = RESOURCES_DIR / "secure"
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -33,6 +33,7 @@ from tools.llm import LLMChoice, choose_llm
 from tools.processes import (
     DRAIN_TIMEOUT_S,
     StackError,
+    die_with_parent,
     http_ok,
     interrupt_apps,
     record,
@@ -194,6 +195,7 @@ def run_app(app: list[str], name: str) -> int:
             # sidecar and the app in order instead of racing them.
             one_shot = name == "minimal"
             popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent(os.getpid()),
                                      **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
                                         if one_shot else {}))
             record(name, popen.pid)
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up(secure=secure_mode.secure_mode_requested())
+            up(secure=secure_mode.secure_mode_requested(), tied=False)
             say("stack is up; `make stop` stops it")
         elif args.command == "down":
             down()
