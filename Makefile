@@ -9,7 +9,7 @@ STACK := $(VENV_PY) -m tools.stack
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve test bench images up stop status env workflows history clean
+.PHONY: help setup doctor run serve test bench images up stop status env workflows history dashboard crash-demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ workflows: ## list the running service's workflow runs
 history: ## one run's history: make history ID=<instance id> [APP=durable-agent-minimal]
 	@test -n "$(ID)" || { echo "usage: make history ID=<instance id>  (ids: make workflows)"; exit 2; }
 	@$(VENV_PY) -m tools.workflows $(if $(APP),--app-id "$(APP)") history "$(ID)"
+
+dashboard: ## the runs in your browser at http://localhost:8080 while the service runs [APP=<app id>]; Ctrl+C stops it
+	@$(VENV_PY) -m tools.dashboard $(if $(APP),--app-id "$(APP)")
+
+crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offline, under a minute)
+	@$(VENV_PY) -m tools.crash_demo
 
 clean: stop ## stop the stack and delete its logs and data (.stack/)
 	rm -rf .stack

@@ -59,6 +59,9 @@ RUN_ELSEWHERE = {
     r"make doctor": "test_tooling.py::test_doctor_says_go_is_missing_when_the_runtime_still_has_to_be_built",
     r"dapr run --app-id durable-agent-minimal .*": "test_one_shot_run.py (via tools.stack.MINIMAL_APP, checked below)",
     r"dapr run --app-id durable-agent-service .*": "every service test (via tools.stack.SERVICE_APP, checked below)",
+    r"make dashboard": "test_dashboard.py::test_a_running_run_shows_as_running_and_turns_completed_without_a_reload",
+    r"make crash-demo": (
+        "test_crash_demo.py::test_make_crash_demo_kills_the_app_mid_llm_call_and_the_same_run_completes"),
 }
 # Commands run here against the service, with `<instance id>` and sample ids replaced by a real run's id.
 RUN_HERE = [

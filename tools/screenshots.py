@@ -7,7 +7,8 @@ makes one run through `POST /run`, then
 - opens the run's trace in the local Zipkin UI in headless Chromium (Debian's
   package, driven by Playwright without downloading a browser) and saves
   images/zipkin-trace.png;
-- renders `make history` of the same run to images/workflow-history.png.
+- renders `make history` of the same run to images/workflow-history.png;
+- opens the run's page in `make dashboard` and saves images/dashboard-run.png.
 Everything it starts, it stops.
 """
 
@@ -66,6 +67,21 @@ def zipkin_screenshot(trace_id: str) -> None:
         browser.close()
 
 
+def dashboard_screenshot(instance_id: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tools.dashboard import in_background
+
+    with in_background("screenshots-dashboard") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(f"{url}/#/run/{instance_id}")
+        page.locator(".step.activity", has_text="call_llm").locator("summary", has_text="output").click()
+        page.wait_for_selector("#trace[href*='/zipkin/traces/']", timeout=30_000)
+        page.screenshot(path=str(IMAGES / "dashboard-run.png"), full_page=True)
+        browser.close()
+
+
 def history_picture(instance_id: str) -> None:
     import matplotlib
 
@@ -90,10 +106,12 @@ def main() -> int:
             instance_id = one_run()
             history_picture(instance_id)
             zipkin_screenshot(trace_id_of(instance_id))
+            dashboard_screenshot(instance_id)
     except StackError as exc:
         print(f"[images] error: {exc}", file=sys.stderr)
         return 1
-    print(f"[images] wrote images/zipkin-trace.png and images/workflow-history.png for run {instance_id}")
+    print(f"[images] wrote images/zipkin-trace.png, images/workflow-history.png and images/dashboard-run.png "
+          f"for run {instance_id}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """List the agent's workflow runs, or print one run's history, without Docker.
 
-    python -m tools.workflows list                 # make workflows
+    python -m tools.workflows list                 # make workflows (the columns of `make dashboard`)
     python -m tools.workflows history <instance>   # make history ID=<instance>
 
 Both ask the service's sidecar through the Workflow engine's own gRPC API;
@@ -17,13 +17,15 @@ table; this prints the real history.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 import psutil
 from dapr.ext.workflow._durabletask.internal import history_events_pb2 as history_pb
+from dapr.ext.workflow._durabletask.internal import orchestration_pb2
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 
@@ -41,6 +43,7 @@ def sidecar_grpc_port(app_id: str) -> int:
     raise LookupError(f"no sidecar of app {app_id!r} is running. Start the service first (`make serve`).")
 
 
+@functools.lru_cache(maxsize=8)  # one channel per sidecar, reused (the dashboard asks every second)
 def _stub(grpc_port: int) -> pb_grpc.TaskHubSidecarServiceStub:
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     return pb_grpc.TaskHubSidecarServiceStub(channel)
@@ -52,7 +55,7 @@ def _metadata() -> list[tuple[str, str]]:
 
 
 def list_instances(grpc_port: int, limit: int = 10_000) -> list[str]:
-    """Every workflow instance id the sidecar's app has, oldest first (bounded by `limit`)."""
+    """Every workflow instance id the sidecar's app has, in the state store's order, not by time (at most `limit`)."""
     stub, ids, token = _stub(grpc_port), [], None
     while len(ids) < limit:
         request = pb.ListInstanceIDsRequest(pageSize=500)
@@ -64,6 +67,66 @@ def list_instances(grpc_port: int, limit: int = 10_000) -> list[str]:
         if not token or not response.instanceIds:
             break
     return ids[:limit]
+
+
+# A run's status, as the sidecar names it without its prefix: RUNNING, COMPLETED, FAILED, ...
+STATUS = {value: name.removeprefix("ORCHESTRATION_STATUS_")
+          for name, value in orchestration_pb2.OrchestrationStatus.items()}
+FINISHED = {"COMPLETED", "FAILED", "TERMINATED"}
+COLUMNS = ["WORKFLOW", "STATUS", "INSTANCE ID", "APP ID", "CREATED (UTC)", "LAST UPDATED (UTC)", "DURATION"]
+
+
+def run_row(state: orchestration_pb2.WorkflowState, app_id: str) -> dict:
+    """A run as the list shows it: workflow name, status, instance id, app id, created, last updated, duration."""
+    created = state.createdTimestamp.ToDatetime(tzinfo=UTC)
+    updated = state.lastUpdatedTimestamp.ToDatetime(tzinfo=UTC)
+    status = STATUS.get(state.workflowStatus, str(state.workflowStatus))
+    # A finished run lasted until its last update; an unfinished one is still going.
+    end = updated if status in FINISHED else datetime.now(UTC)
+    return {"name": state.name, "status": status, "instance_id": state.instanceId, "app_id": app_id,
+            "created": created.isoformat(timespec="milliseconds"),
+            "updated": updated.isoformat(timespec="milliseconds"),
+            "duration_s": round((end - created).total_seconds(), 3)}
+
+
+def list_runs(grpc_port: int, app_id: str, finished: dict[str, dict] | None = None,
+              limit: int = 10_000) -> list[dict]:
+    """Every run of the app as a row (run_row), newest first.
+
+    `finished`: rows of finished runs by instance id, kept by the caller across
+    calls and filled here. A finished run never changes again, so only the
+    others are asked for; the sidecar answers the rest in parallel.
+    """
+    stub, finished = _stub(grpc_port), {} if finished is None else finished
+    ids = list_instances(grpc_port, limit)
+    fresh, pending = {}, [i for i in ids if i not in finished]
+    for start in range(0, len(pending), 100):  # at most 100 calls in flight
+        calls = [(i, stub.GetInstance.future(pb.GetInstanceRequest(instanceId=i), metadata=_metadata(), timeout=10))
+                 for i in pending[start:start + 100]]
+        for instance_id, call in calls:
+            response = call.result()
+            if response.exists:  # not purged between the listing and now
+                row = fresh[instance_id] = run_row(response.workflowState, app_id)
+                if row["status"] in FINISHED:
+                    finished[instance_id] = row
+    rows = [finished.get(i) or fresh.get(i) for i in ids]
+    return sorted((row for row in rows if row), key=lambda row: row["created"], reverse=True)
+
+
+def duration_text(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def print_runs(rows: list[dict]) -> None:
+    """The list as a table: the columns of the dashboard's list, newest first."""
+    widths = [30, 10, 32, 21, 19, 19, 0]
+    print("  ".join(f"{title:<{width}}" for title, width in zip(COLUMNS, widths, strict=True)).rstrip())
+    for row in rows:
+        cells = [row["name"], row["status"], row["instance_id"], row["app_id"], row["created"][:19].replace("T", " "),
+                 row["updated"][:19].replace("T", " "), duration_text(row["duration_s"])]
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True)).rstrip())
+    if not rows:
+        print("(no runs yet: start one with `curl -X POST http://localhost:8001/run ...`)")
 
 
 def history(instance_id: str, grpc_port: int) -> list[dict]:
@@ -121,14 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.workflows", description=__doc__.splitlines()[0])
     parser.add_argument("--app-id", default=SERVICE_APP_ID, help=f"whose runs (default {SERVICE_APP_ID})")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every run's instance id")
+    sub.add_parser("list", help="every run: workflow, status, instance id, app id, created, updated, duration")
     history_parser = sub.add_parser("history", help="one run's history events")
     history_parser.add_argument("instance_id")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
-            for instance_id in list_instances(sidecar_grpc_port(args.app_id)):
-                print(instance_id)
+            print_runs(list_runs(sidecar_grpc_port(args.app_id), args.app_id))
         else:
             try:
                 rows = history(args.instance_id, sidecar_grpc_port(args.app_id))
