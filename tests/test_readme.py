@@ -62,6 +62,8 @@ RUN_ELSEWHERE = {
     r"make dashboard": "test_dashboard.py::test_a_running_run_shows_as_running_and_turns_completed_without_a_reload",
     r"make crash-demo": (
         "test_crash_demo.py::test_make_crash_demo_kills_the_app_mid_llm_call_and_the_same_run_completes"),
+    r"\.venv/bin/python -m tools\.kube_check": (
+        "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run"),
 }
 # Commands run here against the service, with `<instance id>` and sample ids replaced by a real run's id.
 RUN_HERE = [

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds what tests/test_kubernetes.py checks deploy/kubernetes/ with: a real
+# kube-apiserver and etcd (the manifests are dry-run against them) and Helm
+# (it renders the dapr/dapr chart with deploy/kubernetes/dapr-values.yaml).
+# No cluster, no Docker, no GitHub download: everything comes from the Go
+# module proxy, at the versions in tools/stack.env.
+#
+# The result lands in the per-machine cache, keyed by version, like the runtime:
+#   $TDA_HOME/kube-check-<kubernetes>/bin/{kube-apiserver,etcd,helm}
+#   $TDA_HOME/kube-check-<kubernetes>/dapr-<runtime>/charts/dapr/   the chart and its CRDs
+#   $TDA_HOME/kube-check-<kubernetes>/dapr-<runtime>/annotations.go the sidecar annotations
+#   $TDA_HOME/kube-check-<kubernetes>/.complete   (written last: the versions it was built for)
+# A build that is there and whole returns at once and prints nothing. Go's
+# output goes to $TDA_HOME/logs/build-kube-check-<kubernetes>.log.
+set -euo pipefail
+TAG=setup
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
+
+PREFIX="$TDA_HOME/kube-check-$KUBERNETES_VERSION"   # tools/kube_check.py: PREFIX
+STAMP="kubernetes=$KUBERNETES_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION dapr=$DAPR_RUNTIME_VERSION"
+LOG="$TDA_HOME/logs/build-kube-check-$KUBERNETES_VERSION.log"
+
+[ "$(cat "$PREFIX/.complete" 2>/dev/null)" = "$STAMP" ] && exit 0
+
+# GOTOOLCHAIN=local: never let `go` fetch another toolchain behind our back.
+# GOWORK=off: the Kubernetes module ships a go.work that names its staging folders.
+export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+command -v go >/dev/null 2>&1 \
+  || die "Go is not installed, and the Kubernetes check builds kube-apiserver, etcd and helm with it (once per machine). Install Go >= $GO_MIN_VERSION, then run \`make setup\` again."
+
+mkdir -p "$TDA_HOME"
+exec 9>"$TDA_HOME/.install-kube-check.lock"
+if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+  step /dev/null "kubernetes check: waiting for another set-up's build to finish" flock 9
+fi
+[ "$(cat "$PREFIX/.complete" 2>/dev/null)" = "$STAMP" ] && exit 0
+
+module_dir() {  # the directory `go mod download` put a module in
+  local json
+  json="$(go mod download -json "$1")" || { printf '%s\ncould not download %s\n' "$json" "$1" >&2; return 1; }
+  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+src="$TDA_HOME/src/kube-check-$KUBERNETES_VERSION"
+
+# k8s.io/kubernetes replaces its k8s.io/* dependencies with ./staging folders,
+# which its module download does not contain (each is a module of its own).
+# In a writable copy, drop those replace lines and require the published
+# modules of the same release instead: v1.34.4 -> v0.34.4.
+build_apiserver() {
+  local dir staging="v0.${KUBERNETES_VERSION#1.}" module
+  dir="$(module_dir "k8s.io/kubernetes@v$KUBERNETES_VERSION")"
+  rm -rf "$src/kubernetes" && mkdir -p "$src"
+  cp -r "$dir" "$src/kubernetes" && chmod -R u+w "$src/kubernetes"
+  cd "$src/kubernetes"
+  rm -rf vendor go.work go.work.sum
+  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' go.mod); do
+    go mod edit -dropreplace "$module"
+  done
+  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' go.mod); do
+    go mod edit -require "$module@$staging"
+  done
+  local v="k8s.io/component-base/version"
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
+    -X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) \
+    -X $v.gitTreeState=clean" -o "$PREFIX/bin/kube-apiserver" ./cmd/kube-apiserver
+  cd / && rm -rf "$src/kubernetes"
+}
+
+# etcd's server module has replace lines too (../api and so on); a module
+# that merely requires it ignores them and builds its main package.
+build_etcd() {
+  rm -rf "$src/etcd" && mkdir -p "$src/etcd" && cd "$src/etcd"
+  go mod init tiny-durable-agent/etcd
+  go mod edit -require "go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$PREFIX/bin/etcd" go.etcd.io/etcd/server/v3
+  cd / && rm -rf "$src/etcd"
+}
+
+build_helm() {
+  GOBIN="$PREFIX/bin" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+}
+
+# The chart, its CRDs and the annotation names, from the runtime's own module.
+copy_dapr_sources() {
+  local dir out="$PREFIX/dapr-$DAPR_RUNTIME_VERSION"
+  dir="$(module_dir "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION")"
+  rm -rf "$out" && mkdir -p "$out/charts"
+  cp -r "$dir/charts/dapr" "$out/charts/dapr"
+  cp "$dir/pkg/injector/annotations/annotations.go" "$out/annotations.go"
+  chmod -R u+w "$out"
+}
+
+started=$SECONDS
+rm -f "$PREFIX/.complete"
+mkdir -p "$PREFIX/bin" "$(dirname "$LOG")" && : > "$LOG"
+say "kubernetes check: kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION are built once per machine (8 to 17 min); log: $LOG"
+step "$LOG" "kubernetes check: building kube-apiserver $KUBERNETES_VERSION (1/3)" build_apiserver
+step "$LOG" "kubernetes check: building etcd $ETCD_VERSION (2/3)" build_etcd
+step "$LOG" "kubernetes check: building helm $HELM_VERSION (3/3)" build_helm
+step "$LOG" "kubernetes check: copying the dapr $DAPR_RUNTIME_VERSION chart and CRDs" copy_dapr_sources
+rmdir "$src" 2>/dev/null || true
+echo "$STAMP" > "$PREFIX/.complete"
+say "kubernetes check: ready in $PREFIX ($((SECONDS - started)) s in all)"
