@@ -28,6 +28,8 @@ serve: setup ## the service on :8001 with the whole stack, in the foreground; Ct
 	@$(STACK) serve
 
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
+	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests
+	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m pytest
 

@@ -64,14 +64,17 @@ YAML
 # TDA_SIDECAR_ADDRESS is the one switch that opens them (docs/security.md);
 # the wrapper refuses it without DAPR_API_TOKEN. The last flag wins in daprd.
 write_daprd_wrapper() {
-  rm -f "$1/.dapr/bin/daprd"   # an older recipe's binary
-  cat > "$1/.dapr/bin/daprd" <<'SH'
+  cat > "$1/.dapr/bin/daprd.new" <<'SH'
 #!/bin/sh
 # Written by scripts/install-dapr.sh of tiny-durable-agent: starts the real daprd
 # with every listener on loopback, unless TDA_SIDECAR_ADDRESS says otherwise.
 address="${TDA_SIDECAR_ADDRESS:-127.0.0.1}"
 case "$address" in
-  127.*|localhost|::1) ;;
+  127.*|localhost|::1)
+    # The address daprd announces to placement; without it, a machine with no
+    # network but loopback (a laptop offline) stops daprd: "could not determine host IP".
+    DAPR_HOST_IP="${DAPR_HOST_IP:-127.0.0.1}"
+    export DAPR_HOST_IP ;;
   *) if [ -z "$DAPR_API_TOKEN" ]; then
        echo "daprd: TDA_SIDECAR_ADDRESS=$address would let anyone who reaches this machine call the sidecar's API (secrets, state, workflows). Set DAPR_API_TOKEN too, or unset TDA_SIDECAR_ADDRESS." >&2
        exit 1
@@ -80,7 +83,8 @@ esac
 exec "$(dirname "$0")/../libexec/daprd" "$@" --dapr-listen-addresses "$address" \
   --dapr-internal-grpc-listen-address "$address" --metrics-listen-address "$address"
 SH
-  chmod +x "$1/.dapr/bin/daprd"
+  chmod +x "$1/.dapr/bin/daprd.new"
+  mv "$1/.dapr/bin/daprd.new" "$1/.dapr/bin/daprd"   # whole, or not at all, for a daprd starting now
 }
 
 # The finished build of the current recipe that serves this request, if there is one.
@@ -97,6 +101,7 @@ ready_prefix() {
 
 if ready="$(ready_prefix)"; then
   write_default_config "$ready"
+  write_daprd_wrapper "$ready"
   exit 0
 fi
 
@@ -134,6 +139,7 @@ if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
 fi
 if ready="$(ready_prefix)"; then
   write_default_config "$ready"
+  write_daprd_wrapper "$ready"
   exit 0
 fi
 [ -f "$PREFIX/.complete" ] && say "runtime: the build in $PREFIX is of an older recipe; building it again"

@@ -27,7 +27,7 @@ LOG="$TDA_HOME/logs/build-kube-check-$KUBERNETES_VERSION.log"
 # GOWORK=off: the Kubernetes module ships a go.work that names its staging folders.
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 command -v go >/dev/null 2>&1 \
-  || die "Go is not installed, and the Kubernetes check builds kube-apiserver, etcd and helm with it (once per machine). Install Go >= $GO_MIN_VERSION, then run \`make setup\` again."
+  || die "Go is not installed, and the Kubernetes check builds kube-apiserver, etcd and helm with it (once per machine). Install Go >= $GO_MIN_VERSION, then run \`make test\` again."
 
 mkdir -p "$TDA_HOME"
 exec 9>"$TDA_HOME/.install-kube-check.lock"

@@ -3,6 +3,7 @@ percentile, the Redis keys of a run, and the restartable service."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -179,3 +180,24 @@ def listeners_beyond_loopback(processes: list[psutil.Process]) -> list[str]:
                 proto = "udp" if conn.type == 2 else "tcp"
                 reachable.append(f"{name} pid {process.pid} {proto} {conn.laddr.ip}:{conn.laddr.port}")
     return reachable
+
+
+def in_this_network_namespace(process: psutil.Process) -> bool:
+    """Whether `process` shares our network namespace: a stack run in another one (see the
+    contributors' notes on running stacks side by side) has its own ports and is not ours."""
+    try:
+        return os.readlink(f"/proc/{process.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
+def processes_mentioning(*words: str) -> list[psutil.Process]:
+    """Live processes of this network namespace whose command line mentions one of `words`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if any(word in cmdline for word in words) and in_this_network_namespace(process):
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+    return found

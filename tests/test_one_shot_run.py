@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import psutil
 
-from helpers import env_without_llm_settings
+from helpers import env_without_llm_settings, processes_mentioning
 from tools import processes, settings
 
 RUN_TIMEOUT_S = 180
@@ -29,12 +30,7 @@ def printed_answer(stdout: str) -> dict:
 
 
 def minimal_app_processes() -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "durable-agent-minimal" in cmdline or "durable_agent_minimal.py" in cmdline:
-            found.append(process)
-    return found
+    return processes_mentioning("durable-agent-minimal", "durable_agent_minimal.py")
 
 
 def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, scripted_llm):
@@ -48,6 +44,10 @@ def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, 
     assert answer["role"] == "assistant" and answer["name"] == "Assistant"
     assert answer["content"] == "Semicolons rest\nwhere the compiler once sang;\nthe build is green now."
     assert scripted_llm.task_calls()[0].messages[-1]["content"] == "Write a haiku about programming."
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\[stack\] run [0-9a-f]{32} COMPLETED in [0-9.]+ s; answer: \"Semicolons rest / where the "
+                        r"compiler once sang; / the build is green now\.\"; its history: make history ID=[0-9a-f]{32} "
+                        r"APP=durable-agent-minimal \(full output: \.stack/logs/run\.log\)", summary), summary
     assert minimal_app_processes() == []
 
 
@@ -58,6 +58,11 @@ def test_make_run_without_an_llm_uses_dapr_echo_and_says_so(local_stack, scripte
     assert "conversation.echo" in result.stdout and "ECHOES your prompt" in result.stdout
     # Echo answers with the text it was sent, so the prompt comes back.
     assert printed_answer(result.stdout)["content"].endswith("Write a haiku about programming.")
+    # Echo cannot write the memory summary; dapr-agents' traceback for it is folded into one line.
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "echo cannot write the JSON memory summary" in result.stdout
+    assert "Traceback" in (settings.LOG_DIR / "run.log").read_text()  # kept, in full, in the log
+    assert " COMPLETED in " in result.stdout.strip().splitlines()[-1]
     assert scripted_llm.calls == []
     assert minimal_app_processes() == []
 

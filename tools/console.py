@@ -2,9 +2,9 @@
 
 `dapr run` interleaves three streams: the CLI's status lines, daprd's logs
 (about a hundred info lines per start) and the app's output (prefixed
-`== APP == `). The terminal gets the CLI's lines, the app's output, and
-daprd's warnings and errors; everything, daprd's info lines included, goes
-to the log file whose path the summary names.
+`== APP == `). All of it goes to a log file, whose path the summary names;
+the terminal gets the CLI's lines, the app's output, and daprd's warnings
+and errors.
 
 One known message is folded, and only under Dapr's echo component: echo
 cannot produce the JSON memory summary that dapr-agents asks for after each
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO
 
 APP_PREFIX = "== APP == "
@@ -63,12 +65,33 @@ def _timestamp(text: str) -> datetime:
     return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00"))
 
 
-def show_run(lines: Iterable[str], terminal: IO[str], log: IO[str], echo_llm: bool) -> RunFacts:
-    """Copy `dapr run`'s output: all of it to `log`, the readable part to `terminal`; return what it said."""
+def follow(path: Path, running: Callable[[], bool]) -> Iterator[str]:
+    """The lines of the log at `path` as they are written, until `running()` is false and all is read.
+
+    `dapr run` writes to the file, not to a pipe of ours: if we die, a pipe would
+    break, and the CLI would die of it before stopping its daprd and app.
+    """
+    with open(path, errors="replace") as log:
+        pending = ""
+        while True:
+            alive = running()
+            chunk = log.read()
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            yield from (line + "\n" for line in lines)
+            if not chunk and not alive:
+                if pending:
+                    yield pending
+                return
+            if not chunk:
+                time.sleep(0.05)
+
+
+def show_run(lines: Iterable[str], terminal: IO[str], echo_llm: bool) -> RunFacts:
+    """The readable part of `dapr run`'s output, to `terminal`; return what it said."""
     facts = RunFacts()
     folding = False
     for line in lines:
-        log.write(line)
         text = line.rstrip("\n")
         app_text = ANSI.sub("", text[len(APP_PREFIX):]) if text.startswith(APP_PREFIX) else None
         if folding:

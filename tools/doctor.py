@@ -345,7 +345,7 @@ def recorded_processes() -> Dict[int, str]:
     recorded = {}
     for pid_file in sorted(settings.PID_DIR.glob("*.pid")) if settings.PID_DIR.is_dir() else []:
         try:
-            pid_text, created = pid_file.read_text().split()
+            pid_text, created = pid_file.read_text().split()[:2]  # then the owner, for a tied process
             pid, created_at = int(pid_text), float(created)
         except (OSError, ValueError):
             continue

@@ -170,23 +170,34 @@ def record(name: str, pid: int, tied: bool = True) -> None:
     (PID_DIR / f"{name}.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}{owner}\n")
 
 
-def orphaned(name: str) -> psutil.Process | None:
-    """The process recorded under `name` if it outlived the command it was tied to (a hard kill of
-    `make serve`, say): a leftover that holds the stack's ports and serves no one."""
-    process = recorded(name)
+def orphaned(name: str) -> bool:
+    """Whether what was recorded under `name` outlived the command it was tied to (a hard kill of
+    `make serve`, say), or its leader died and left its group running (a `kill -9` of `dapr run`
+    leaves its daprd and app): leftovers that hold the stack's ports and serve no one."""
     try:
         fields = (PID_DIR / f"{name}.pid").read_text().split()
-    except OSError:
-        return None
-    if process is None or len(fields) < 4:
-        return None
+        pid, created = int(fields[0]), float(fields[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    if recorded(name) is None:
+        return bool(stray_members(pid, created))
+    if len(fields) < 4:
+        return False  # untied: `make up` started it to outlive the command
     try:
         owner = psutil.Process(int(fields[2]))
-        if abs(owner.create_time() - float(fields[3])) < 0.01 and alive(owner):
-            return None
-    except psutil.Error:
-        pass
-    return process
+        return not (abs(owner.create_time() - float(fields[3])) < 0.01 and alive(owner))
+    except (psutil.Error, ValueError):
+        return True
+
+
+def stray_members(pgid: int, leader_created: float) -> list[psutil.Process]:
+    """Live processes of the process group `pgid` that a dead leader started."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process.create_time() >= leader_created - 0.01 and alive(process):
+                members.append(process)
+    return members
 
 
 def recorded(name: str) -> psutil.Process | None:
@@ -213,11 +224,18 @@ def recorded_names() -> list[str]:
 # Stop
 # --------------------------------------------------------------------------
 def stop(name: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """Stop the process group recorded under `name`: SIGTERM, then SIGKILL."""
+    """Stop the process group recorded under `name`: SIGTERM, then SIGKILL; also the rest of
+    its group when its leader is already gone."""
     process = recorded(name)
-    (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
+    pid_file = PID_DIR / f"{name}.pid"
     if process is None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid_text, created = pid_file.read_text().split()[:2]
+            for member in stray_members(int(pid_text), float(created)):
+                stop_group(member, timeout_s)
+        pid_file.unlink(missing_ok=True)
         return False
+    pid_file.unlink(missing_ok=True)
     stop_group(process, timeout_s)
     return True
 

@@ -76,7 +76,7 @@ def control_plane_tls() -> list[str]:
 def mtls_env() -> dict[str, str]:
     """What an mTLS sidecar needs in its environment: sentry's root certificate, and its address on loopback."""
     return {"DAPR_TRUST_ANCHORS": (SENTRY_CREDENTIALS / "ca.crt").read_text(), "NAMESPACE": "default",
-            # mDNS would announce the machine's address; invocations stay on loopback.
+            # The address the sidecar announces: loopback (our daprd wrapper sets it too, a `dapr init` one does not).
             "DAPR_HOST_IP": "127.0.0.1"}
 
 

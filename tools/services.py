@@ -197,7 +197,7 @@ def up(tracing: bool = True, secure: bool = False, tied: bool = True) -> tuple[D
 def stop_leftovers() -> None:
     """Stop what a killed command of this stack left running (its services and its `dapr run`),
     so that the next start finds the ports free instead of a stack that serves no one."""
-    leftovers = [name for name in recorded_names() if orphaned(name) is not None]
+    leftovers = [name for name in recorded_names() if orphaned(name)]
     if leftovers:
         say(f"stopping what a killed command of this stack left running: {', '.join(leftovers)}")
         stop_services(leftovers)

@@ -69,6 +69,9 @@ SERVICE_APP = ["--app-id", SERVICE_APP_ID, "--resources-path", "./resources", "-
                "--", "python", "durable_agent_service.py"]
 
 
+ONE_SHOT_LOG = LOG_DIR / "run.log"  # everything `make run`'s `dapr run` printed
+
+
 @contextlib.contextmanager
 def running(tracing: bool = True, secure: bool = False) -> Iterator[DaprRuntime]:
     """The stack, up for the duration of the block; stops what it started, and nothing it found running."""
@@ -194,10 +197,12 @@ def run_app(app: list[str], name: str) -> int:
             # Own process group, so Ctrl+C reaches us first and we stop the
             # sidecar and the app in order instead of racing them.
             one_shot = name == "minimal"
-            popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                     preexec_fn=die_with_parent(os.getpid()),
-                                     **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-                                        if one_shot else {}))
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            with contextlib.ExitStack() as files:
+                output = ({"stdout": files.enter_context(open(ONE_SHOT_LOG, "wb")), "stderr": subprocess.STDOUT}
+                          if one_shot else {})
+                popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                         preexec_fn=die_with_parent(os.getpid()), **output)
             record(name, popen.pid)
             with _graceful_stop_on_signal(popen) as stopping:
                 if name == "service":
@@ -216,13 +221,9 @@ def run_app(app: list[str], name: str) -> int:
 
 
 def _show_one_shot(popen: subprocess.Popen, echo_llm: bool) -> None:
-    """The readable part of a one-shot run on screen, all of it in its log, then the summary line."""
-    log_path = LOG_DIR / "run.log"
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        facts = console.show_run(popen.stdout, sys.stdout, log, echo_llm)
-    popen.wait()
-    say(console.summary_line(facts, MINIMAL_APP_ID, rel(log_path)))
+    """The readable part of a one-shot run on screen (all of it is in its log), then the summary line."""
+    facts = console.show_run(console.follow(ONE_SHOT_LOG, lambda: popen.poll() is None), sys.stdout, echo_llm)
+    say(console.summary_line(facts, MINIMAL_APP_ID, rel(ONE_SHOT_LOG)))
 
 
 def _announce_when_ready(popen: subprocess.Popen, stopping: _StopRequest, api_token: str | None) -> None:
