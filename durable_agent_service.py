@@ -1,5 +1,6 @@
 import os
 
+from dapr.ext.workflow import WorkflowRuntime
 from dapr_agents import DurableAgent
 from dapr_agents.agents.configs import RuntimeSubscriptionConfig
 from dapr_agents.workflow.runners import AgentRunner
@@ -9,6 +10,7 @@ agent = DurableAgent(
     name="Assistant",
     system_prompt="You are a helpful assistant",
     configuration=RuntimeSubscriptionConfig(store_name="agent-config", keys=["agent_system_prompt"]),
+    runtime=WorkflowRuntime(maximum_thread_pool_workers=100),  # each LLM call holds a thread: room for dozens
 )
 
 try:
@@ -16,3 +18,4 @@ try:
     runner.serve(agent, host="127.0.0.1", port=port, entry_path="/run", status_path="/run/{instance_id}")
 finally:
     runner.shutdown(agent)
+    agent.runtime.shutdown()  # the agent leaves a runtime it was given running

@@ -66,4 +66,10 @@ def test_the_benchmark_runs_in_smoke_mode_and_writes_its_figures(service, tmp_pa
     assert {row["concurrency"] for row in figures["throughput"]["pubsub"]} == {1, 4}
     assert set(figures["breakdown"]["activities_ms"]) >= {"call_llm", "summarize"}
     assert "durable/direct" in result.stdout
+    assert {(row["llm_delay_s"], row["concurrency"]) for row in figures["throughput"]["http"]} == {
+        (0.0, 1), (0.0, 4), (0.2, 1), (0.2, 4)}
+    for row in figures["throughput"]["http"] + figures["burst"]:
+        assert row["peak_llm_calls_in_flight"] >= 1 and row["fraction_of_ceiling"] > 0
+        assert row["cpu_ms_per_run"]["app"] > 0 and row["cpu_ms_per_run"]["daprd"] > 0
+    assert [row["knob"] for row in figures["knobs"]] == ["lean: all four"]
     assert (settings.ROOT / "bench" / "results" / "smoke" / "bench.png").stat().st_size > 10_000

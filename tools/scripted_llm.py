@@ -62,6 +62,10 @@ class ScriptedLLM:
         self._lock = threading.Lock()
         self._gate = threading.Event()
         self._gate.set()
+        # Calls waiting for release(): (their event loop, the future that wakes them).
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.app = self._build_app()
@@ -82,7 +86,8 @@ class ScriptedLLM:
         with self._lock:
             self.calls.clear()
             self._script = _Script(default_answer=default_answer)
-        self._gate.set()
+            self._peak_in_flight = self._in_flight
+        self.release()
 
     def answer_next(self, *answers: str) -> None:
         """Queue answers for the next task calls (summary calls are separate)."""
@@ -105,10 +110,31 @@ class ScriptedLLM:
 
     def hold(self) -> None:
         """Hold every answer until release(): a run stays mid-LLM-call."""
-        self._gate.clear()
+        with self._lock:
+            self._gate.clear()
 
     def release(self) -> None:
-        self._gate.set()
+        with self._lock:
+            self._gate.set()
+            held, self._held = self._held, []
+        for loop, waiter in held:
+            loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))
+
+    @property
+    def in_flight(self) -> int:
+        """Calls received and not yet answered (held, delayed or being answered)."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most calls in flight at once since the last reset() or reset_peak()."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak_in_flight = self._in_flight
 
     def task_calls(self) -> list[Call]:
         with self._lock:
@@ -145,28 +171,43 @@ class ScriptedLLM:
                 self.calls.append(call)
                 failure = self._script.failures.pop(0) if self._script.failures else 0
                 delay = self._script.delay_s
-            # Wait outside the event loop so a held call does not block others.
-            await asyncio.to_thread(self._gate.wait)
-            if delay:
-                await asyncio.to_thread(time.sleep, delay)
-            if failure:
-                call.answered_status = failure
-                return JSONResponse(
-                    status_code=failure,
-                    content={"error": {"message": f"scripted failure {failure}", "type": "scripted"}},
-                )
-            if call.is_summary:
-                content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
-            else:
+                self._in_flight += 1
+                self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+                waiter = None
+                if not self._gate.is_set():
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._held.append((asyncio.get_running_loop(), waiter))
+            try:
+                # Held and delayed calls wait on the event loop, not in a thread: dozens can
+                # wait at once (a thread each would cap them at the default pool's size).
+                if waiter is not None:
+                    await waiter
+                if delay:
+                    await asyncio.sleep(delay)
+                return self._answer(call, body, messages, failure)
+            finally:
                 with self._lock:
-                    content = next((answer for text, answer in self._script.answers_by_text.items()
-                                    if any(text in str(m.get("content")) for m in messages)), None)
-                    if content is None:
-                        content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
-            call.answered_status = 200
-            return JSONResponse(_completion(body.get("model") or "scripted", content))
+                    self._in_flight -= 1
 
         return app
+
+    def _answer(self, call: Call, body: dict, messages: list[dict], failure: int) -> JSONResponse:
+        if failure:
+            call.answered_status = failure
+            return JSONResponse(
+                status_code=failure,
+                content={"error": {"message": f"scripted failure {failure}", "type": "scripted"}},
+            )
+        if call.is_summary:
+            content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
+        else:
+            with self._lock:
+                content = next((answer for text, answer in self._script.answers_by_text.items()
+                                if any(text in str(m.get("content")) for m in messages)), None)
+                if content is None:
+                    content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
+        call.answered_status = 200
+        return JSONResponse(_completion(body.get("model") or "scripted", content))
 
     # -- lifecycle -----------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> ScriptedLLM:
@@ -184,7 +225,7 @@ class ScriptedLLM:
         return self
 
     def stop(self) -> None:
-        self._gate.set()
+        self.release()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
