@@ -73,9 +73,9 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float = STARTUP_
         time.sleep(0.1)
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_ok(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError):
         return False

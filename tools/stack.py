@@ -41,6 +41,7 @@ from tools.processes import (
     require_free,
     say,
     spawn,
+    stop,
     stop_dapr_run,
     wait_until,
 )
@@ -70,6 +71,8 @@ SERVICE_APP = ["--app-id", SERVICE_APP_ID, "--resources-path", "./resources", "-
 
 
 ONE_SHOT_LOG = LOG_DIR / "run.log"  # everything `make run`'s `dapr run` printed
+# `make serve`'s exit status when the drain deadline (or a second Ctrl+C) forced the app to stop.
+FORCED_STOP_EXIT = 3
 
 
 @contextlib.contextmanager
@@ -105,15 +108,18 @@ def dapr_run(runtime: DaprRuntime, app: list[str], llm: LLMChoice, resources: Pa
     return argv, env
 
 
-def service_ready(api_token: str | None = None) -> bool:
+def service_ready(env: dict[str, str] | None = None) -> bool:
     """The service answers, its sidecar is healthy and its topic subscription is live.
 
-    `api_token`: the sidecar's DAPR_API_TOKEN, if it has one (its metadata needs it).
+    `env`: the service's environment (default: ours), for its tokens: the
+    sidecar's DAPR_API_TOKEN guards its metadata, the app's APP_API_TOKEN the app.
     """
-    if not (http_ok(f"{SIDECAR_URL}/v1.0/healthz") and http_ok(f"{SERVICE_URL}/openapi.json")):
+    env = os.environ if env is None else env
+    app_token = {"dapr-api-token": env["APP_API_TOKEN"]} if env.get("APP_API_TOKEN") else {}
+    sidecar_token = {"dapr-api-token": env["DAPR_API_TOKEN"]} if env.get("DAPR_API_TOKEN") else {}
+    if not (http_ok(f"{SIDECAR_URL}/v1.0/healthz") and http_ok(f"{SERVICE_URL}/openapi.json", headers=app_token)):
         return False
-    request = urllib.request.Request(f"{SIDECAR_URL}/v1.0/metadata",
-                                     headers={"dapr-api-token": api_token} if api_token else {})
+    request = urllib.request.Request(f"{SIDECAR_URL}/v1.0/metadata", headers=sidecar_token)
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             metadata = json.load(response)
@@ -128,7 +134,7 @@ def start_service(argv: list[str], env: dict[str, str], log: Path, append: bool 
     `make serve` runs it in the foreground instead (run_app)."""
     require_free(SERVICE_PORTS)
     process = spawn("service", argv, env=env, log=log, append=append)
-    wait_until(lambda: service_ready(env.get("DAPR_API_TOKEN")), "durable_agent_service.py under dapr run",
+    wait_until(lambda: service_ready(env), "durable_agent_service.py under dapr run",
                process=process, log=log)
     return process
 
@@ -206,16 +212,20 @@ def run_app(app: list[str], name: str) -> int:
             record(name, popen.pid)
             with _graceful_stop_on_signal(popen) as stopping:
                 if name == "service":
-                    _announce_when_ready(popen, stopping, env.get("DAPR_API_TOKEN"))
+                    _announce_when_ready(popen, stopping, env)
                 if one_shot:
                     _show_one_shot(popen, llm.name == "echo")
                 while popen.poll() is None:
                     if stopping.is_set() and time.monotonic() > stopping.deadline:
-                        say(f"the app did not finish within {DRAIN_TIMEOUT_S:.0f} s; stopping it now "
-                            "(its runs resume at the next start)")
-                        break
+                        # Not a clean stop: the exit status says so, for scripts and the tests.
+                        why = ("a second signal came" if stopping.deadline == 0.0
+                               else f"the app did not finish within {DRAIN_TIMEOUT_S:.0f} s")
+                        say(f"{why}: stopping it now, not cleanly (exit status {FORCED_STOP_EXIT}); "
+                            "its runs resume at the next start")
+                        stop(name)  # at once: stop_dapr_run would grant the app another drain
+                        return FORCED_STOP_EXIT
                     time.sleep(0.2)
-                return popen.returncode if popen.returncode is not None else 0
+                return popen.returncode
         finally:
             stop_dapr_run(name)
 
@@ -226,9 +236,9 @@ def _show_one_shot(popen: subprocess.Popen, echo_llm: bool) -> None:
     say(console.summary_line(facts, MINIMAL_APP_ID, rel(ONE_SHOT_LOG)))
 
 
-def _announce_when_ready(popen: subprocess.Popen, stopping: _StopRequest, api_token: str | None) -> None:
+def _announce_when_ready(popen: subprocess.Popen, stopping: _StopRequest, env: dict[str, str]) -> None:
     with contextlib.suppress(StackError):
-        wait_until(lambda: service_ready(api_token) or popen.poll() is not None or stopping.is_set(), "the service")
+        wait_until(lambda: service_ready(env) or popen.poll() is not None or stopping.is_set(), "the service")
     if popen.poll() is None and not stopping.is_set():
         say(f"ready. In another terminal: curl -i -X POST http://localhost:{APP_PORT}/run "
             "-H 'Content-Type: application/json' -d '{\"task\": \"Write a haiku about programming.\"}'")

@@ -1,0 +1,174 @@
+"""What the service accepts as a task, checked before any run starts.
+
+dapr-agents 1.0.9 starts a run for whatever reaches `POST /run` or the topic:
+no body, `{}` or an empty task start a run that fails or answers nothing; an
+out-of-range number gets a bare 500; and a task of a few MB is accepted but
+can never be scheduled (the scheduler keeps each activity's input, task
+included, under 2 MiB), which stalls every other run. This module puts one
+check in front of both doors, and the service script uses it through
+`GuardedRunner` instead of `AgentRunner`:
+
+- a task is a JSON object with a non-empty string `task` of at most
+  MAX_TASK_BYTES (UTF-8);
+- `POST /run` (and `/run/stream`) answers 413 over the limit and 400 or 422
+  naming the problem otherwise, and starts no run;
+- a message on the topic that breaks the rule is dropped with one log line
+  saying why; it starts no run;
+- with APP_API_TOKEN set, only callers that send it get in (the sidecar sends
+  it as `dapr-api-token`); dapr-agents' routes do not check it themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import os
+
+import uvicorn
+from dapr_agents.workflow.runners import AgentRunner
+from fastapi import FastAPI
+
+# A run's history holds its task several times (the workflow's input, the LLM
+# call's input, the conversation, the summary's input), and the sidecar stalls
+# a workflow whose history passes 95 % of its 4 MiB message limit. 256 KiB
+# leaves room for that, for the answer, and for a long conversation.
+MAX_TASK_BYTES = 256 * 1024
+# JSON can spell one character in up to 6 bytes (\uXXXX), so any valid task fits in this.
+MAX_BODY_BYTES = 6 * MAX_TASK_BYTES + 4096
+
+logger = logging.getLogger("input_guard")
+
+
+class BadTask(ValueError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _reject_constant(name: str) -> float:
+    raise BadTask(400, f"the body holds {name}, which JSON does not allow")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadTask(400, f"the number {text[:40]} is out of range")
+    return value
+
+
+def check_task(data: object) -> None:
+    """Raise BadTask unless `data` is an object with a non-empty string task within the limit."""
+    if not isinstance(data, dict):
+        raise BadTask(422, f'send a JSON object such as {{"task": "..."}}, not a {type(data).__name__}')
+    if "task" not in data:
+        raise BadTask(422, 'the object has no "task"')
+    task = data["task"]
+    if not isinstance(task, str):
+        raise BadTask(422, f'"task" must be a string, not a {type(task).__name__}')
+    if not task.strip():
+        raise BadTask(422, '"task" is empty')
+    size = len(task.encode("utf-8", "surrogatepass"))
+    if size > MAX_TASK_BYTES:
+        raise BadTask(413, f'"task" is {size} bytes; the limit is {MAX_TASK_BYTES} bytes '
+                           f"({MAX_TASK_BYTES // 1024} KiB)")
+
+
+def parse_task(body: bytes) -> dict:
+    """The request body as a checked task object, or BadTask."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadTask(413, f"the body is {len(body)} bytes; a task is at most {MAX_TASK_BYTES // 1024} KiB")
+    if not body.strip():
+        raise BadTask(400, 'the body is empty; send {"task": "..."} with Content-Type: application/json')
+    try:
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadTask(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadTask(400, "the body nests too deeply") from None
+    check_task(data)
+    return data
+
+
+class TaskGuard:
+    """ASGI middleware: checks the body of `POST <paths>` before the agent's route sees it."""
+
+    def __init__(self, app, paths: tuple[str, ...]) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        body, size, more = b"", 0, True
+        while more:  # read it all, keeping at most MAX_BODY_BYTES: an early answer would reset the connection
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                body += chunk
+            more = message.get("more_body", False)
+        try:
+            if size > MAX_BODY_BYTES:
+                raise BadTask(413, f"the body is {size} bytes; a task is at most {MAX_TASK_BYTES // 1024} KiB")
+            parse_task(body)
+        except BadTask as problem:
+            return await _answer(send, problem.status, str(problem))
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class AppTokenCheck:
+    """ASGI middleware: every request must carry the app token in `dapr-api-token`."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not hmac.compare_digest(dict(scope["headers"]).get(b"dapr-api-token", b""),
+                                                               self.token):
+            return await _answer(send, 401, "missing or wrong dapr-api-token: this app requires APP_API_TOKEN")
+        await self.app(scope, receive, send)
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def accepts_message(data: object, _context: object) -> bool:
+    """The topic's filter: True lets dapr-agents start a run for the message."""
+    try:
+        check_task(data)
+        return True
+    except BadTask as problem:
+        logger.warning("dropped a message on the agent's topic: %s", problem)
+        if isinstance(data, dict) and isinstance(data.get("task"), str) and problem.status == 413:
+            # dapr-agents logs the dropped data next; spare the log the whole task.
+            data["task"] = f"<{len(data['task'])} characters, over the limit>"
+        return False
+
+
+class GuardedRunner(AgentRunner):
+    """AgentRunner with the checks above on its HTTP route and on its topic."""
+
+    def serve(self, agent, *, host: str = "127.0.0.1", port: int = 8001, entry_path: str = "/run", **options):
+        app = FastAPI(title="Dapr Agent Service")
+        app.add_middleware(TaskGuard, paths=(entry_path, entry_path + "/stream"))
+        if os.environ.get("APP_API_TOKEN"):
+            app.add_middleware(AppTokenCheck, token=os.environ["APP_API_TOKEN"])  # outermost: checked first
+        super().serve(agent, app=app, entry_path=entry_path, **options)
+        # The log level AgentRunner.serve would give uvicorn itself.
+        level = logging.getLogger("dapr_agents.workflow.runners.agent").getEffectiveLevel()
+        uvicorn.run(app, host=host, port=port, log_level=logging.getLevelName(level).lower())
+        return app
+
+    def _build_pubsub_specs(self, agent, config):  # dapr-agents 1.0.9's hook for the topic's routes
+        return [dataclasses.replace(spec, payload_filter=accepts_message)
+                for spec in super()._build_pubsub_specs(agent, config)]
