@@ -130,9 +130,10 @@ def test_in_secure_mode_too_no_process_of_the_stack_listens_beyond_loopback(secu
 
 
 def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
+    ca_file = secure.SENTRY_CREDENTIALS / "ca.crt"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # we only read what the sidecar presents
+    context.check_hostname = False  # a SPIFFE certificate names a workload, not a host
+    context.load_verify_locations(cafile=ca_file)  # the handshake fails unless the chain ends at our CA
     context.set_alpn_protocols(["h2"])
     with socket.create_connection(("127.0.0.1", _internal_grpc_port(secure_service)), timeout=10) as raw, \
             context.wrap_socket(raw) as tls:
@@ -142,8 +143,12 @@ def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
     uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
         .get_values_for_type(x509.UniformResourceIdentifier)
     assert uris == [SPIFFE_ID]
-    ca = x509.load_pem_x509_certificate((settings.DATA_DIR / "sentry" / "ca.crt").read_bytes())
-    assert certificate.issuer != certificate.subject and ca.subject.rfc4514_string()  # issued under our CA
+    # Issued by sentry's issuer certificate, which our root CA signed: checked signature by signature.
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    issuer = x509.load_pem_x509_certificate((secure.SENTRY_CREDENTIALS / "issuer.crt").read_bytes())
+    assert certificate.issuer == issuer.subject and issuer.issuer == ca.subject
+    certificate.verify_directly_issued_by(issuer)
+    issuer.verify_directly_issued_by(ca)
 
 
 def test_only_the_allowed_caller_may_invoke_the_agent_through_dapr(secure_service, scripted_llm, local_stack,
