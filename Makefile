@@ -9,7 +9,7 @@ STACK := $(VENV_PY) -m tools.stack
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve test bench images up stop status env workflows history dashboard crash-demo clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `d
 
 serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode)
 	@$(STACK) serve
+
+serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler nodes on 127.0.0.2-4; Ctrl+C stops it all
+	@$(VENV_PY) -m tools.ha serve
 
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
 	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests
@@ -66,6 +69,13 @@ dashboard: ## the runs in your browser at http://localhost:8080 while the servic
 
 crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offline, under a minute)
 	@$(VENV_PY) -m tools.crash_demo
+
+switch-offs: setup ## switch each README claim off in a throw-away copy; its test must fail (long: not in make test)
+	@$(VENV_PY) -m tools.switch_offs
+
+purge: ## remove one run, and only that one (a run stuck on bad input, say): make purge ID=<instance id>
+	@test -n "$(ID)" || { echo "usage: make purge ID=<instance id>  (ids: make workflows)"; exit 2; }
+	@$(VENV_PY) -m tools.workflows $(if $(APP),--app-id "$(APP)") purge "$(ID)"
 
 clean: stop ## stop the stack and delete its logs and data (.stack/)
 	rm -rf .stack

@@ -3,9 +3,10 @@ import os
 from dapr.ext.workflow import WorkflowRuntime
 from dapr_agents import DurableAgent
 from dapr_agents.agents.configs import RuntimeSubscriptionConfig
-from dapr_agents.workflow.runners import AgentRunner
 
-runner = AgentRunner()
+from input_guard import GuardedRunner  # an AgentRunner that checks each task before a run starts
+
+runner = GuardedRunner()
 agent = DurableAgent(
     name="Assistant",
     system_prompt="You are a helpful assistant",

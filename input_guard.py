@@ -2,11 +2,10 @@
 
 dapr-agents 1.0.9 starts a run for whatever reaches `POST /run` or the topic:
 no body, `{}` or an empty task start a run that fails or answers nothing; an
-out-of-range number gets a bare 500; and a task of a few MB is accepted but
-can never be scheduled (the scheduler keeps each activity's input, task
-included, under 2 MiB), which stalls every other run. This module puts one
-check in front of both doors, and the service script uses it through
-`GuardedRunner` instead of `AgentRunner`:
+out-of-range number gets a bare 500; a task over 2 MiB is accepted but its
+run can never be scheduled. This module puts one check in front of both
+doors, and the service script uses it through `GuardedRunner` instead of
+`AgentRunner`:
 
 - a task is a JSON object with a non-empty string `task` of at most
   MAX_TASK_BYTES (UTF-8);
@@ -15,27 +14,31 @@ check in front of both doors, and the service script uses it through
 - a message on the topic that breaks the rule is dropped with one log line
   saying why; it starts no run;
 - with APP_API_TOKEN set, only callers that send it get in (the sidecar sends
-  it as `dapr-api-token`); dapr-agents' routes do not check it themselves.
+  it as `dapr-api-token`); dapr-agents' routes do not check it themselves;
+- no line the app prints is longer than `dapr run` can read (see FoldedLines).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import io
 import json
 import logging
 import math
 import os
+import re
+import sys
 
 import uvicorn
 from dapr_agents.workflow.runners import AgentRunner
 from fastapi import FastAPI
 
-# A run's history holds its task several times (the workflow's input, the LLM
-# call's input, the conversation, the summary's input), and the sidecar stalls
-# a workflow whose history passes 95 % of its 4 MiB message limit. 256 KiB
-# leaves room for that, for the answer, and for a long conversation.
-MAX_TASK_BYTES = 256 * 1024
+# The scheduler stores each activity's input, and the LLM call's input holds the
+# task and the conversation, in messages of at most 2 MiB: a 2 MiB task leaves
+# its run retrying forever (a 1.5 MiB one still completes). 1 MiB leaves the
+# other half for the conversation and the answer.
+MAX_TASK_BYTES = 1024 * 1024
 # JSON can spell one character in up to 6 bytes (\uXXXX), so any valid task fits in this.
 MAX_BODY_BYTES = 6 * MAX_TASK_BYTES + 4096
 
@@ -59,20 +62,26 @@ def _finite(text: str) -> float:
     return value
 
 
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+              float: "a number", type(None): "null"}
+
+
 def check_task(data: object) -> None:
     """Raise BadTask unless `data` is an object with a non-empty string task within the limit."""
     if not isinstance(data, dict):
-        raise BadTask(422, f'send a JSON object such as {{"task": "..."}}, not a {type(data).__name__}')
+        raise BadTask(422, f"send a JSON object with a task field, not {JSON_TYPES.get(type(data), 'that')}")
     if "task" not in data:
-        raise BadTask(422, 'the object has no "task"')
+        raise BadTask(422, "the object has no task field")
     task = data["task"]
     if not isinstance(task, str):
-        raise BadTask(422, f'"task" must be a string, not a {type(task).__name__}')
+        raise BadTask(422, f"the task must be a string, not {JSON_TYPES.get(type(task), 'that')}")
     if not task.strip():
-        raise BadTask(422, '"task" is empty')
+        raise BadTask(422, "the task is empty")
+    if "\ufffd" in task:  # what a decoder leaves for bytes that are not UTF-8 (the topic's messages)
+        raise BadTask(422, "the task holds bytes that are not UTF-8")
     size = len(task.encode("utf-8", "surrogatepass"))
     if size > MAX_TASK_BYTES:
-        raise BadTask(413, f'"task" is {size} bytes; the limit is {MAX_TASK_BYTES} bytes '
+        raise BadTask(413, f"the task is {size} bytes; the limit is {MAX_TASK_BYTES} bytes "
                            f"({MAX_TASK_BYTES // 1024} KiB)")
 
 
@@ -81,7 +90,7 @@ def parse_task(body: bytes) -> dict:
     if len(body) > MAX_BODY_BYTES:
         raise BadTask(413, f"the body is {len(body)} bytes; a task is at most {MAX_TASK_BYTES // 1024} KiB")
     if not body.strip():
-        raise BadTask(400, 'the body is empty; send {"task": "..."} with Content-Type: application/json')
+        raise BadTask(400, "the body is empty; send a JSON object with a task field")
     try:
         data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -155,10 +164,59 @@ def accepts_message(data: object, _context: object) -> bool:
         return False
 
 
+class FoldedLines(io.TextIOBase):
+    """A text stream that breaks every line longer than `width` characters.
+
+    `dapr run` (CLI 1.16.5) reads the app's output line by line with Go's
+    default 64 KiB line limit, and stops reading for good at a longer line.
+    The app then blocks on a later print once the pipe is full, and with it
+    every run: dapr-agents prints each task and answer, so one long task or
+    answer stalls the service. 8192 characters are at most 32 KiB of UTF-8.
+    """
+
+    def __init__(self, stream, width: int = 8192) -> None:
+        self.stream, self.width, self.column = stream, width, 0
+
+    def write(self, text: str) -> int:
+        out = []
+        for part in re.split(r"(\n)", text):
+            if part == "\n":
+                self.column = 0
+                out.append(part)
+            while part and part != "\n":
+                room = self.width - self.column
+                out.append(part[:room] + ("\n" if len(part) > room else ""))
+                self.column = 0 if len(part) > room else self.column + len(part)
+                part = part[room:]
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # encoding, fileno, isatty, ...
+        return getattr(self.stream, name)
+
+
+def fold_long_output_lines() -> None:
+    """Send stdout, stderr and the log handlers that write to them through FoldedLines."""
+    streams = {}
+    for name in ("stdout", "stderr"):
+        original = getattr(sys, name)
+        if not isinstance(original, FoldedLines):
+            streams[id(original)] = FoldedLines(original)
+            setattr(sys, name, streams[id(original)])
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
+    for handler in (h for logger in loggers for h in getattr(logger, "handlers", [])):
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+            handler.setStream(streams[id(handler.stream)])
+
+
 class GuardedRunner(AgentRunner):
     """AgentRunner with the checks above on its HTTP route and on its topic."""
 
     def serve(self, agent, *, host: str = "127.0.0.1", port: int = 8001, entry_path: str = "/run", **options):
+        fold_long_output_lines()
         app = FastAPI(title="Dapr Agent Service")
         app.add_middleware(TaskGuard, paths=(entry_path, entry_path + "/stream"))
         if os.environ.get("APP_API_TOKEN"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psutil
@@ -19,6 +20,9 @@ import pytest
 import redis
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from helpers import listeners_beyond_loopback, stack_processes, workflow_key_mentioning
 from tools import processes, secure, services, settings
@@ -89,6 +93,30 @@ def test_without_mtls_the_same_policy_cannot_tell_the_allowed_caller_from_others
         assert "access control policy has denied access to id:  operation: run" in answer.text
 
 
+def test_with_an_app_token_only_the_sidecar_reaches_the_agent(service, scripted_llm):
+    """APP_API_TOKEN makes the sidecar send `dapr-api-token` to the app; dapr-agents' routes
+    never look at it, input_guard.py does: a direct call without it gets 401."""
+    service.stop()
+    service.env["APP_API_TOKEN"] = "local-app-token"
+    try:
+        service.start()
+        direct = service.http.post("/run", json={"task": "Write a haiku without a token."})
+        wrong = service.http.post("/run", json={"task": "Write a haiku with the wrong token."},
+                                  headers={"dapr-api-token": "guessed"})
+        through_dapr = service.sidecar.post(f"/v1.0/invoke/{SERVICE_APP_ID}/method/run",
+                                            json={"task": "Write a haiku through Dapr."})
+
+        assert (direct.status_code, wrong.status_code) == (401, 401)
+        assert "requires APP_API_TOKEN" in direct.text
+        assert through_dapr.status_code == 200, through_dapr.text  # the sidecar sent the token
+        service.http.headers["dapr-api-token"] = "local-app-token"  # to ask for the run's status
+        assert service.wait_until_done(through_dapr.json()["instance_id"])["runtime_status"] == "COMPLETED"
+    finally:
+        service.stop()
+        del service.env["APP_API_TOKEN"]
+        service.http.headers.pop("dapr-api-token", None)
+
+
 # -- in secure mode ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def secure_session(service_session, local_stack):
@@ -149,6 +177,23 @@ def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
     assert certificate.issuer == issuer.subject and issuer.issuer == ca.subject
     certificate.verify_directly_issued_by(issuer)
     issuer.verify_directly_issued_by(ca)
+    # The same check refuses an issuer of the same name with another key: it is not a formality.
+    with pytest.raises(InvalidSignature):
+        certificate.verify_directly_issued_by(_impostor_of(issuer))
+
+
+def _impostor_of(issuer: x509.Certificate) -> x509.Certificate:
+    """A self-signed certificate with `issuer`'s name and a key of the same kind, but not its key."""
+    public = issuer.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):  # what sentry 1.18 signs with
+        key, algorithm = ed25519.Ed25519PrivateKey.generate(), None
+    else:
+        key, algorithm = ec.generate_private_key(public.curve), hashes.SHA256()
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(issuer.subject).issuer_name(issuer.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+            .sign(key, algorithm))
 
 
 def test_only_the_allowed_caller_may_invoke_the_agent_through_dapr(secure_service, scripted_llm, local_stack,
@@ -184,23 +229,6 @@ def test_with_an_api_token_the_sidecar_refuses_calls_without_it(secure_service, 
     finally:
         secure_service.stop()
         del secure_service.env["DAPR_API_TOKEN"]
-
-
-@pytest.mark.known_limitation
-def test_app_api_token_is_sent_by_the_sidecar_but_not_checked_by_the_agent(secure_service, scripted_llm):
-    """APP_API_TOKEN makes the sidecar send `dapr-api-token` to the app; dapr-agents'
-    routes never look at it, so any local process can still call the app directly."""
-    secure_service.stop()
-    secure_service.env["APP_API_TOKEN"] = "local-app-token"
-    try:
-        secure_service.start()
-        scripted_llm.answer_next("Nobody checks")
-        direct = secure_service.http.post("/run", json={"task": "Write a haiku without a token."})
-        assert direct.status_code == 200, direct.text  # would be 401 if the routes checked the token
-        assert secure_service.wait_until_done(direct.json()["instance_id"])["runtime_status"] == "COMPLETED"
-    finally:
-        secure_service.stop()
-        del secure_service.env["APP_API_TOKEN"]
 
 
 def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out(secure_service, scripted_llm):

@@ -34,7 +34,18 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from tools import processes, secure
 from tools.settings import DASHBOARD_PORT, DASHBOARD_URL, LOG_DIR, REDIS_PORT, SERVICE_APP_ID, ZIPKIN_PORT
-from tools.workflows import FINISHED, STATUS, _metadata, _stub, list_runs, run_row, sidecar_grpc_port
+from tools.workflows import (
+    FINISHED,
+    STATUS,
+    _metadata,
+    _stub,
+    agent_key,
+    list_runs,
+    purge,
+    run_row,
+    sidecar_grpc_port,
+    terminate,
+)
 
 PAGE = Path(__file__).with_name("dashboard_page.html")
 ZIPKIN_API = f"http://127.0.0.1:{ZIPKIN_PORT}"
@@ -100,7 +111,7 @@ class Runs:
             return None
         row = run_row(state, self.app_id)
         failure = state.failureDetails
-        agent = self.agent_key(state.name)
+        agent = agent_key(state.name)
         return {**row, "input": state.input.value, "output": state.output.value,
                 "task": _field(state.input.value, "task"), "answer": _field(state.output.value, "content"),
                 "custom_status": state.customStatus.value,
@@ -109,13 +120,6 @@ class Runs:
                 "conversation": self._conversation(f"{self.app_id}||{agent}:_workflow_{instance_id}"),
                 "memory": self._json(f"{self.app_id}||{agent}:_memory_{instance_id}") or [],
                 "trace": self.trace(instance_id)}
-
-    @staticmethod
-    def agent_key(workflow_name: str) -> str:
-        """dapr-agents keys a run's state by the agent's name, lower case, spaces as dashes
-        (workflow `dapr.agents.Assistant.workflow` -> `assistant`)."""
-        parts = workflow_name.split(".")
-        return (parts[-2] if len(parts) >= 3 else "assistant").replace(" ", "-").lower()
 
     def _json(self, key: str):
         try:
@@ -145,23 +149,13 @@ class Runs:
 
     # -- actions ---------------------------------------------------------------------------
     def terminate(self, instance_id: str) -> dict:
-        self._sidecar(lambda port: _stub(port).TerminateInstance(
-            pb.TerminateRequest(instanceId=instance_id, recursive=True), metadata=_metadata(), timeout=10))
+        self._sidecar(lambda port: terminate(instance_id, port))
         return {"instance_id": instance_id, "status": "terminating"}
 
     def purge(self, instance_id: str) -> dict:
-        """The workflow engine's state of the run, and, as the service's own purge route does,
-        the agent's conversation and memory of it."""
-        state = self._sidecar(lambda port: _stub(port).GetInstance(
-            pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(), timeout=10))
-        response = self._sidecar(lambda port: _stub(port).PurgeInstances(
-            pb.PurgeInstancesRequest(instanceId=instance_id, recursive=True), metadata=_metadata(), timeout=10))
-        if state.exists and response.deletedInstanceCount:
-            agent = self.agent_key(state.workflowState.name)
-            self.redis.delete(f"{self.app_id}||{agent}:_workflow_{instance_id}",
-                              f"{self.app_id}||{agent}:_memory_{instance_id}")
+        deleted = self._sidecar(lambda port: purge(instance_id, port, self.app_id, self.redis))
         self.finished.pop(instance_id, None)
-        return {"instance_id": instance_id, "purged": response.deletedInstanceCount}
+        return {"instance_id": instance_id, "purged": deleted}
 
 
 def _field(text: str, key: str) -> str:

@@ -20,6 +20,7 @@ import argparse
 import functools
 import os
 import sys
+import time
 from datetime import UTC, datetime
 
 import grpc
@@ -129,6 +130,32 @@ def print_runs(rows: list[dict]) -> None:
         print("(no runs yet: start one with `curl -X POST http://localhost:8001/run ...`)")
 
 
+def agent_key(workflow_name: str) -> str:
+    """dapr-agents keys a run's state by the agent's name, lower case, spaces as dashes
+    (workflow `dapr.agents.Assistant.workflow` -> `assistant`)."""
+    parts = workflow_name.split(".")
+    return (parts[-2] if len(parts) >= 3 else "assistant").replace(" ", "-").lower()
+
+
+def terminate(instance_id: str, grpc_port: int) -> None:
+    _stub(grpc_port).TerminateInstance(pb.TerminateRequest(instanceId=instance_id, recursive=True),
+                                       metadata=_metadata(), timeout=10)
+
+
+def purge(instance_id: str, grpc_port: int, app_id: str, redis_client) -> int:
+    """Remove one run: the workflow engine's state of it and, as the service's own purge route
+    does, the agent's conversation and memory of it. Every other run stays. Returns how many
+    workflow instances were deleted (0: no such run, or it still runs: terminate it first)."""
+    state = _stub(grpc_port).GetInstance(pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(),
+                                         timeout=10)
+    response = _stub(grpc_port).PurgeInstances(pb.PurgeInstancesRequest(instanceId=instance_id, recursive=True),
+                                               metadata=_metadata(), timeout=10)
+    if state.exists and response.deletedInstanceCount:
+        agent = agent_key(state.workflowState.name)
+        redis_client.delete(f"{app_id}||{agent}:_workflow_{instance_id}", f"{app_id}||{agent}:_memory_{instance_id}")
+    return response.deletedInstanceCount
+
+
 def history(instance_id: str, grpc_port: int) -> list[dict]:
     """The run's history events as plain rows, from the sidecar."""
     response = _stub(grpc_port).GetInstanceHistory(
@@ -180,17 +207,53 @@ def history_rows(events: list) -> list[dict]:
     return rows
 
 
+def remove_run(app_id: str, instance_id: str, timeout_s: float = 15.0) -> int:
+    """`make purge`: terminate the run if it still runs, wait for that, then purge it."""
+    import redis
+
+    grpc_port = sidecar_grpc_port(app_id)
+    state = _stub(grpc_port).GetInstance(pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(),
+                                         timeout=10)
+    if not state.exists:
+        print(f"error: no run {instance_id} of app {app_id!r}", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + timeout_s
+    while STATUS[state.workflowState.workflowStatus] not in FINISHED and time.monotonic() < deadline:
+        terminate(instance_id, grpc_port)
+        time.sleep(0.2)
+        state = _stub(grpc_port).GetInstance(pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(),
+                                             timeout=10)
+    client = redis.Redis(port=REDIS_PORT, password=os.environ.get("REDISCLI_AUTH") or None)
+    try:
+        deleted = purge(instance_id, grpc_port, app_id, client)
+    finally:
+        client.close()
+    if not deleted:
+        print(f"error: run {instance_id} was not purged (still running after {timeout_s:.0f} s?)", file=sys.stderr)
+        return 1
+    print(f"run {instance_id}: purged (its workflow state, conversation and memory); every other run is untouched")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.workflows", description=__doc__.splitlines()[0])
     parser.add_argument("--app-id", default=SERVICE_APP_ID, help=f"whose runs (default {SERVICE_APP_ID})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every run: workflow, status, instance id, app id, created, updated, duration")
+    for action, what in (("terminate", "stop one run where it is"),
+                         ("purge", "remove one run (terminated first if it still runs), and only that one")):
+        sub.add_parser(action, help=what).add_argument("instance_id")
     history_parser = sub.add_parser("history", help="one run's history events")
     history_parser.add_argument("instance_id")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
             print_runs(list_runs(sidecar_grpc_port(args.app_id), args.app_id))
+        elif args.command == "terminate":
+            terminate(args.instance_id, sidecar_grpc_port(args.app_id))
+            print(f"run {args.instance_id}: terminating")
+        elif args.command == "purge":
+            return remove_run(args.app_id, args.instance_id)
         else:
             try:
                 rows = history(args.instance_id, sidecar_grpc_port(args.app_id))
