@@ -71,5 +71,5 @@ def test_the_benchmark_runs_in_smoke_mode_and_writes_its_figures(service, tmp_pa
     for row in figures["throughput"]["http"] + figures["burst"]:
         assert row["peak_llm_calls_in_flight"] >= 1 and row["fraction_of_ceiling"] > 0
         assert row["cpu_ms_per_run"]["app"] > 0 and row["cpu_ms_per_run"]["daprd"] > 0
-    assert [row["knob"] for row in figures["knobs"]] == ["lean: all four"]
+    assert [row["knob"] for row in figures["knobs"]] == ["lean: all of these"]
     assert (settings.ROOT / "bench" / "results" / "smoke" / "bench.png").stat().st_size > 10_000

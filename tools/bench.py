@@ -39,8 +39,9 @@ from tools.bench_cpu import app_profile, stack_processes
 from tools.bench_load import Load
 from tools.bench_report import draw, print_table
 from tools.llm import choose_llm
-from tools.processes import StackError, rel, stop_dapr_run
+from tools.processes import StackError, rel, stop, stop_dapr_run
 from tools.scripted_llm import ScriptedLLM
+from tools.services import stop_services, up
 from tools.settings import (
     DAPR_AGENTS_VERSION,
     DAPR_CLI_VERSION,
@@ -58,58 +59,68 @@ RESULTS_DIR = ROOT / "bench" / "results"
 PICTURE = ROOT / "images" / "bench.png"
 
 
+# The README's defaults, and each knob: what changes, how the service starts.
+KNOBS = {
+    "redis appendfsync everysec": dict(fsync="everysec"),
+    "sidecar API logging off": dict(api_logging=False),
+    "tracing sampling 0": dict(sampling="0"),
+    "sidecar metrics off": dict(metrics=False),
+    "no memory summary": dict(variant={"TDA_BENCH_NO_SUMMARY": "1"}),
+    "lean: all of these": dict(fsync="everysec", api_logging=False, sampling="0", metrics=False,
+                               variant={"TDA_BENCH_NO_SUMMARY": "1"}),
+    "lean, keeping the memory summary": dict(fsync="everysec", api_logging=False, sampling="0", metrics=False),
+}
+
+
 @dataclass
 class Plan:
     """How many runs each measurement makes: {(trigger, LLM delay in s): {concurrency: runs}}."""
 
-    warmup: int = 10
-    latency_runs: int = 100
-    direct_runs: int = 100
+    warmup: int = 5
+    latency_runs: int = 60
+    direct_runs: int = 60
     levels: tuple[int, ...] = (1, 8, 32, 64)
     delays: tuple[float, ...] = (0.0, 1.0)
     runs: dict = field(default_factory=lambda: {
-        ("http", 0.0): {1: 40, 8: 96, 32: 192, 64: 192}, ("pubsub", 0.0): {1: 16, 8: 40, 32: 96, 64: 128},
-        ("http", 1.0): {1: 4, 8: 24, 32: 96, 64: 192},
+        ("http", 0.0): {1: 30, 8: 80, 32: 160, 64: 192}, ("pubsub", 0.0): {1: 12, 8: 32, 32: 64, 64: 128},
+        ("http", 1.0): {1: 3, 8: 16, 32: 64, 64: 128},
         # pub/sub takes one run at a time (docs/benchmark.md): 2 s each, so few runs; the knob measures 64.
         ("pubsub", 1.0): {1: 2, 8: 8}})
     burst: int = 256  # runs started at once, over each trigger
-    knobs: tuple[str, ...] = ("redis appendfsync everysec", "sidecar API logging off", "tracing sampling 0",
-                              "no memory summary", "lean: all four")
+    knobs: tuple[str, ...] = tuple(KNOBS)
     knob_concurrency: int = 32  # the knobs above: this many clients, instant LLM, knob_runs runs
-    knob_runs: int = 160
+    knob_runs: int = 128
     # The worker pool and pub/sub knobs: waves of knob_wave runs at once with this LLM latency.
     knob_delay: float = 1.0
     knob_wave: int = 64
     pool_and_pubsub_knobs: bool = True
-    history_sample: int = 30
+    knob_baselines: bool = True  # the defaults measured before and after the knobs
+    history_sample: int = 20
     cost_runs: int = 20
 
 
 SMOKE = Plan(warmup=2, latency_runs=5, direct_runs=5, levels=(1, 4), delays=(0.0, 0.2),
              runs={("http", 0.0): {1: 3, 4: 8}, ("pubsub", 0.0): {1: 2, 4: 4},
                    ("http", 0.2): {1: 2, 4: 4}, ("pubsub", 0.2): {1: 1, 4: 4}},
-             burst=8, knobs=("lean: all four",), knob_concurrency=4, knob_runs=8, knob_delay=0.2, knob_wave=4,
-             pool_and_pubsub_knobs=False, history_sample=3, cost_runs=3)
-
-# The README's defaults, and each knob: what changes, how the service starts.
-KNOBS = {
-    "redis appendfsync everysec": dict(fsync="everysec"),
-    "sidecar API logging off": dict(api_logging=False),
-    "tracing sampling 0": dict(sampling="0"),
-    "no memory summary": dict(variant={"TDA_BENCH_NO_SUMMARY": "1"}),
-    "lean: all four": dict(fsync="everysec", api_logging=False, sampling="0",
-                           variant={"TDA_BENCH_NO_SUMMARY": "1"}),
-}
-
+             burst=8, knobs=("lean: all of these",), knob_concurrency=4, knob_runs=8, knob_delay=0.2, knob_wave=4,
+             pool_and_pubsub_knobs=False, knob_baselines=False, history_sample=3, cost_runs=3)
 
 class Bench:
     """The stack (kept up) and the service (restarted for each knob), with the scripted LLM."""
 
-    def __init__(self, runtime, llm: ScriptedLLM) -> None:
-        self.runtime, self.llm = runtime, llm
+    def __init__(self, runtime, started: list[str], llm: ScriptedLLM) -> None:
+        self.runtime, self.started, self.llm = runtime, started, llm
         self.redis = redis.Redis(port=REDIS_PORT)
+        self.first_start_s: float | None = None
 
-    def serve(self, api_logging: bool = True, sampling: str = "1", fsync: str = "always",
+    def fresh_zipkin(self) -> None:
+        """Zipkin keeps every span in a 256 MB heap; after thousands of runs it spends its CPU collecting
+        garbage. Restarted (if we started it) so each group of knobs is measured against an empty one."""
+        if "zipkin" in self.started:
+            stop("zipkin")
+            up(tracing=True)
+
+    def serve(self, api_logging: bool = True, sampling: str = "1", metrics: bool = True, fsync: str = "always",
               variant: dict | None = None, pool: int | None = None) -> Load:
         """(Re)start the service: the README's command, with the knobs given; a Load against it."""
         stop_dapr_run("service")
@@ -118,14 +129,17 @@ class Bench:
         if variant:  # the shipped script, run with the change the knob prices (tools/bench_agent.py)
             app[app.index("--") + 1:] = ["python", "-m", "tools.bench_agent"]
         config = None
-        if sampling != "1":
-            config = STATE_DIR / f"bench-config-sampling-{sampling}.yaml"
+        if sampling != "1" or not metrics:  # the CLI's default configuration, with these changed
+            config = STATE_DIR / f"bench-config-sampling-{sampling}-metrics-{metrics}.yaml"
             config.write_text("apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprConfig\n"
                               f"spec:\n  tracing:\n    samplingRate: \"{sampling}\"\n    zipkin:\n"
-                              f"      endpointAddress: http://localhost:{ZIPKIN_PORT}/api/v2/spans\n")
+                              f"      endpointAddress: http://localhost:{ZIPKIN_PORT}/api/v2/spans\n"
+                              f"  metric:\n    enabled: {str(metrics).lower()}\n")
         env = self.llm.client_env()
         argv, env = stack.dapr_run(self.runtime, app, choose_llm(env), config=config, base_env=env)
+        started = time.perf_counter()
         stack.start_service(argv, env | variant, LOG_DIR / "bench-service.log")
+        self.first_start_s = self.first_start_s or round(time.perf_counter() - started, 1)
         self.redis.config_set("appendfsync", fsync)
         return Load(self.llm, calls_per_run=1 if variant.get("TDA_BENCH_NO_SUMMARY") else 2)
 
@@ -162,15 +176,19 @@ class Bench:
     def knobs(self, plan: Plan, step) -> list[dict]:
         rows = []
         rows, wave, wave_runs = [], plan.knob_wave, 2 * plan.knob_wave
-        for name in plan.knobs:
+        self.fresh_zipkin()
+        # The defaults first and last: how far they drift is this machine's noise.
+        first, last = (["the README's defaults"], ["the README's defaults, again"]) if plan.knob_baselines else ([], [])
+        for name in (*first, *plan.knobs, *last):
             step(f"knob: {name}")
-            load = self.serve(**KNOBS[name])
+            load = self.serve(**KNOBS.get(name, {}))
             load.http(plan.knob_concurrency, plan.knob_concurrency // 2, 0)  # warm-up
             rows.append({"knob": name, **load.http(plan.knob_concurrency, plan.knob_runs, 0)})
-            if name.startswith("lean"):
+            if name.startswith(("lean", "the README")):
                 rows[-1]["latency"] = load.latency(0, plan.latency_runs // 2)
             load.close()
         if plan.pool_and_pubsub_knobs:
+            self.fresh_zipkin()
             step(f"knob: the worker pool, {wave} runs at once, LLM {plan.knob_delay:g} s")
             for pool, name in ((None, "worker pool of 100 threads (the script)"),
                                (6, "worker pool of 6 threads (the default: CPU count + 4)")):
@@ -231,26 +249,29 @@ def startup(llm_env: dict[str, str]) -> dict:
 def run_all(plan: Plan, knobs: bool = True) -> dict:
     step = lambda name: print(f"[bench] {name}", flush=True)  # noqa: E731
     llm = ScriptedLLM(port=0).start()  # a port of its own: it never meets the test suite's
+    started: list[str] = []
     try:
         stack_started = time.perf_counter()
         # Zipkin runs, as with `make serve`: the sidecar's default configuration traces every run.
-        with stack.running(tracing=True) as runtime:
-            bench = Bench(runtime, llm)
-            results: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                             "plan": {k: v if k != "runs" else {f"{t} {d:g} s": r for (t, d), r in v.items()}
-                                      for k, v in asdict(plan).items()}}
-            results |= bench.main_figures(plan, step)
-            results["stack_and_service_start_s"] = round(time.perf_counter() - stack_started, 1)
-            if knobs:
-                try:
-                    results["knobs"] = bench.knobs(plan, step)
-                finally:  # the stack's Redis may be someone else's too: leave it as the README runs it
-                    bench.redis.config_set("appendfsync", "always")
-            stop_dapr_run("service")
-            step("start-up")
-            results["startup"] = startup(llm.client_env())
+        runtime, started = up(tracing=True)
+        stack_s = time.perf_counter() - stack_started
+        bench = Bench(runtime, started, llm)
+        results: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                         "plan": {k: v if k != "runs" else {f"{t} {d:g} s": r for (t, d), r in v.items()}
+                                  for k, v in asdict(plan).items()}}
+        results |= bench.main_figures(plan, step)
+        results["stack_and_service_start_s"] = round(stack_s + bench.first_start_s, 1)
+        if knobs:
+            try:
+                results["knobs"] = bench.knobs(plan, step)
+            finally:  # the stack's Redis may be someone else's too: leave it as the README runs it
+                bench.redis.config_set("appendfsync", "always")
+        stop_dapr_run("service")
+        step("start-up")
+        results["startup"] = startup(llm.client_env())
     finally:
         stop_dapr_run("service")
+        stop_services(started)
         llm.stop()
     results["machine"] = {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
                           "python": platform.python_version(), "platform": platform.platform(),

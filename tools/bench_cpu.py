@@ -86,7 +86,12 @@ class ResourceMeter:
         stack_ms = sum(ms[name] for name in STACK)
         cores = os.cpu_count() or 1
         return {"cpu_ms_per_run": ms, "stack_cpu_ms_per_run": round(stack_ms, 1),
+                # Other work on the machine takes cores from the stack: the share of the ceiling reached
+                # means little when this is above the core count.
+                "load_average_1min": round(os.getloadavg()[0], 1),
                 "ceiling_runs_per_s": round(cores / (stack_ms / 1000), 2) if stack_ms else None,
+                # One Python process uses one core at most (the GIL): the app alone allows no more than this.
+                "app_bound_runs_per_s": round(1000 / ms["app"], 2) if ms["app"] else None,
                 "peak_rss_mb": {name: round(mb, 1) for name, mb in self.rss_mb.items() if name in ("app", "daprd")}}
 
 

@@ -19,11 +19,15 @@ def print_table(r: dict) -> None:
     print(f"Same two LLM calls, no durability: p50 {direct['p50_ms']} ms "
           f"-> durable/direct = {r['durable_over_direct']}x")
     print(f"\n{'trigger':<7} {'LLM s':>5} {'conc.':>5} {'runs':>5} {'runs/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'LLM in flight':>13} {'CPU ms/run':>10} {'ceiling':>8} {'of it':>6}")
+          f"{'LLM in flight':>13} {'CPU ms/run':>10} {'ceiling':>8} {'of it':>6} {'app-bound':>9} {'load':>5}")
     for row in [*r["throughput"]["http"], *r["throughput"]["pubsub"], *r["burst"]]:
         print(f"{row['trigger']:<7} {row['llm_delay_s']:>5g} {row['concurrency']:>5} {row['runs']:>5} "
               f"{row['runs_per_s']:>7} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['peak_llm_calls_in_flight']:>13} "
-              f"{row['stack_cpu_ms_per_run']:>10} {row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6}")
+              f"{row['stack_cpu_ms_per_run']:>10} {row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6} "
+              f"{row['app_bound_runs_per_s']:>9} {row['load_average_1min']:>5}")
+    print("(ceiling: cores / CPU-seconds per run of the whole stack; app-bound: 1 / the app's CPU-seconds per run,\n"
+          " the most one Python process can do, as its GIL lets it use one core; load: the machine's 1-minute load\n"
+          " average at the end, which other work on the machine raises)")
     for row in r["burst"]:
         print(f"{row['runs']} at once over {row['trigger']}: each ran once (none lost, none twice); "
               f"peak RSS {row['peak_rss_mb']} MB")
@@ -38,11 +42,12 @@ def print_table(r: dict) -> None:
               ", ".join(f"{name} {share:.0%}" for name, share in profile["share"].items()))
     if r.get("knobs"):
         print(f"\n{'knob':<56} {'conc.':>5} {'LLM s':>5} {'runs/s':>7} {'in flight':>9} {'CPU ms/run':>10} "
-              f"{'ceiling':>8} {'of it':>6}")
+              f"{'ceiling':>8} {'of it':>6} {'load':>5}")
         for row in r["knobs"]:
             print(f"{row['knob'][:56]:<56} {row['concurrency']:>5} {row['llm_delay_s']:>5g} {row['runs_per_s']:>7} "
                   f"{row['peak_llm_calls_in_flight']:>9} {row['stack_cpu_ms_per_run']:>10} "
-                  f"{row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6}   {_cpu(row)}")
+                  f"{row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6} {row['load_average_1min']:>5}   "
+                  f"{_cpu(row)}")
             if "latency" in row:
                 print(f"{'':<56} one run at concurrency 1: p50 {row['latency']['p50_ms']} ms")
     b = r["breakdown"]

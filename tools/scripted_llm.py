@@ -41,6 +41,7 @@ class Call:
     is_summary: bool
     authorization: str  # the Authorization header the component sent: "Bearer <key>"
     answered_status: int = 0
+    answered_at: float = 0.0  # time.monotonic() when the answer left
 
 
 @dataclass
@@ -192,6 +193,7 @@ class ScriptedLLM:
         return app
 
     def _answer(self, call: Call, body: dict, messages: list[dict], failure: int) -> JSONResponse:
+        call.answered_at = time.monotonic()
         if failure:
             call.answered_status = failure
             return JSONResponse(
