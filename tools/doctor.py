@@ -26,62 +26,20 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from tools import settings
+from tools.doctor_base import VENV_PYTHON, Result, _mapping, output_of, short, shown, version_tuple
+from tools.doctor_resources import EXPECTED_COMPONENTS, check_project_resources, check_resources, yaml
+from tools.port_owners import _listening, _port_owners, port_holder, port_in_use, recorded_processes, redis_ping
 from tools.runtime import DaprRuntime, locate_runtime
 
-try:  # in .venv; the system python3 that runs `make doctor` may not have it
-    import yaml
-except ImportError:
-    yaml = None
-
-Result = Tuple[str, str, str]  # (status, message, fix); status is ok, todo, info, warn or FAIL
-
-VENV_PYTHON = settings.VENV_BIN / "python"
 REQUIREMENTS = [settings.ROOT / "requirements.txt", settings.ROOT / "requirements-dev.txt"]
 REQUIREMENTS_STAMP = settings.ROOT / ".venv" / ".requirements.sha256"  # written by scripts/setup.sh
-EXPECTED_COMPONENTS = ["agent-memory", "agent-workflow", "agent-registry", "agent-pubsub",
-                       "agent-secretstore", "agent-config", "llm-provider"]
-SECRET_FIELDS = {"key", "apikey", "password", "redispassword"}  # compared in lower case
 NEED_PYTHON = ".".join(map(str, settings.PYTHON_MIN_VERSION))
-
-
-def version_tuple(text: str) -> Tuple[int, ...]:
-    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
-    return tuple(int(part or 0) for part in match.groups()) if match else ()
-
-
-def output_of(argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
-              timeout: float = 15) -> str:
-    """stdout plus stderr of a short command, "" if it cannot run (`java -version` prints to stderr)."""
-    try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout + done.stderr
-
-
-def short(path: object) -> str:
-    return str(path).replace(str(Path.home()), "~", 1)
-
-
-def shown(path: Path) -> str:
-    """A path as the user reads it: relative to the repository when it is inside it."""
-    try:
-        return str(Path(path).relative_to(settings.ROOT))
-    except ValueError:
-        return str(path)
-
-
-def _mapping(value: object) -> dict:
-    return value if isinstance(value, dict) else {}
 
 
 # --------------------------------------------------------------------------
@@ -241,133 +199,6 @@ def check_java() -> List[Result]:
 # --------------------------------------------------------------------------
 # Ports: free, held by this stack, or held by someone else (named from /proc)
 # --------------------------------------------------------------------------
-def _listening() -> Dict[int, set]:
-    """Port -> inodes of the TCP sockets listening on it, from /proc/net/tcp{,6} ({} where there is no /proc)."""
-    ports: Dict[int, set] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A":  # 0A: LISTEN
-                ports.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(fields[9])
-    return ports
-
-
-def _pids() -> List[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()] if os.path.isdir("/proc") else []
-
-
-def _socket_owners(inodes: set) -> Dict[str, int]:
-    """Socket inode -> pid of a process holding it (only the processes we may read: all of them as root)."""
-    wanted, owners = {f"socket:[{inode}]": inode for inode in inodes}, {}
-    for pid in _pids():
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                inode = wanted.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
-                if inode is not None:
-                    owners.setdefault(inode, pid)
-        except OSError:  # gone, or not ours to read
-            continue
-    return owners
-
-
-def _stat(pid: int) -> Optional[List[str]]:
-    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...]."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _create_time(pid: int) -> Optional[float]:
-    """Seconds since the epoch, as psutil's Process.create_time() computes it on Linux."""
-    fields = _stat(pid)
-    try:
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
-    except OSError:
-        return ""
-
-
-def port_holder(port: int, owners: Optional[Dict[int, int]] = None) -> str:
-    """Who listens on `port`, as 'pid N (command line)', or a fallback text."""
-    pid = (owners if owners is not None else _port_owners()).get(port)
-    if pid is None:
-        how = "ss -ltnp" if sys.platform.startswith("linux") else f"lsof -nP -iTCP:{port} -sTCP:LISTEN"
-        return f"another process (run `{how}` to see which)"
-    command = _command_line(pid)
-    return f"pid {pid} ({command[:120]})" if command else f"pid {pid}"
-
-
-def _port_owners() -> Dict[int, int]:
-    """Listening port -> pid holding it, for every port we can tell."""
-    listening = _listening()
-    owners = _socket_owners(set().union(*listening.values()) if listening else set())
-    return {port: owners[inode] for port, inodes in listening.items() for inode in inodes if inode in owners}
-
-
-def port_in_use(port: int, listening: Optional[Dict[int, set]] = None) -> bool:
-    if listening and port in listening:
-        return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def redis_ping(port: int = settings.REDIS_PORT) -> bool:
-    """A Redis answers on `port`, with or without a password."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
-def recorded_processes() -> Dict[int, str]:
-    """Pid -> name, for each live process this stack recorded in settings.PID_DIR and everything it started.
-
-    A pid file holds "<pid> <create_time>"; the time guards against a pid that
-    an unrelated process reused. The stack starts each service in its own
-    session, so its children (daprd and the app beside `dapr run`) share it.
-    """
-    recorded = {}
-    for pid_file in sorted(settings.PID_DIR.glob("*.pid")) if settings.PID_DIR.is_dir() else []:
-        try:
-            pid_text, created = pid_file.read_text().split()[:2]  # then the owner, for a tied process
-            pid, created_at = int(pid_text), float(created)
-        except (OSError, ValueError):
-            continue
-        started = _create_time(pid)
-        if started is not None and abs(started - created_at) < 1.0:
-            recorded[pid] = pid_file.stem
-    if not recorded:
-        return {}
-    stats = {pid: _stat(pid) for pid in _pids()}
-    parents = {pid: int(fields[1]) for pid, fields in stats.items() if fields}
-    sessions = {pid: int(fields[3]) for pid, fields in stats.items() if fields}
-    ours = {}
-    for pid in parents:
-        ancestor, seen = pid, 0
-        while ancestor > 1 and ancestor not in recorded and seen < 64:  # walk up to a recorded one, if any
-            ancestor, seen = parents.get(ancestor, 0), seen + 1
-        owner = ancestor if ancestor in recorded else sessions.get(pid)
-        if owner in recorded:
-            ours[pid] = recorded[owner]
-    return ours
-
-
 SERVE_ONLY = {"zipkin", *(f"service {what}" for what in settings.SERVICE_PORTS)}  # `make run` needs none of these
 
 
@@ -410,89 +241,6 @@ def check_ports(quick: bool = False) -> List[Result]:
 # --------------------------------------------------------------------------
 # resources/*.yaml (PyYAML: here if importable, else through .venv/bin/python)
 # --------------------------------------------------------------------------
-def _check_resource_file(path: Path) -> Tuple[List[Result], Optional[int]]:
-    """The problems in one file, and how many conversation components it holds (None: it does not parse)."""
-    try:
-        documents = [_mapping(doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return [("FAIL", f"{shown(path)}{where}: YAML error: {problem}",
-                 "fix the indentation or syntax there: spaces only, one column per block, `name: value`")], None
-    except (OSError, UnicodeDecodeError) as exc:
-        return [("FAIL", f"{shown(path)}: cannot be read ({exc})", "check the file's permissions and encoding")], None
-    problems, conversations = [], 0
-    for number, doc in enumerate(documents, start=1):
-        label = shown(path) + (f" (document {number})" if len(documents) > 1 else "")
-        is_component, spec = doc.get("kind") == "Component", _mapping(doc.get("spec"))
-        fields = {"apiVersion": doc.get("apiVersion"), "kind": doc.get("kind"),
-                  "metadata.name": _mapping(doc.get("metadata")).get("name")}
-        if is_component:
-            fields.update({"spec.type": spec.get("type"), "spec.version": spec.get("version")})
-            conversations += str(spec.get("type")).startswith("conversation.")
-        missing = [name for name, value in fields.items() if not value]
-        if missing:
-            problems.append(("FAIL", f"{label}: missing {', '.join(missing)}",
-                             "add what is missing (resources/agent-memory.yaml is a complete component)"))
-        items = spec.get("metadata") if is_component and isinstance(spec.get("metadata"), list) else []
-        for item in map(_mapping, items):
-            if str(item.get("name")).lower() in SECRET_FIELDS and item.get("value") not in (None, ""):
-                problems.append(("FAIL", f"{label}: `{item['name']}` has a literal value, a secret in a file",
-                                 "read it with secretKeyRef from agent-secretstore, like resources/llm-provider.yaml"))
-    return problems, conversations
-
-
-def _check_resources_here(directory: Path) -> List[Result]:
-    main_files, alternatives = sorted(directory.glob("*.yaml")), sorted(directory.glob("llm/*.yaml"))
-    if not main_files:
-        return [("FAIL", f"no *.yaml in {shown(directory)}", "point it at the resources folder")]
-    problems, conversations = [], {}
-    for path in main_files + alternatives:
-        file_problems, conversations[path] = _check_resource_file(path)
-        problems += file_problems
-    if None in conversations.values():
-        return problems  # a count that skips a file which does not parse would mislead
-    sets = {f"{shown(directory)}/": main_files}
-    for alternative in alternatives:
-        sets[f"{shown(directory)}/ with llm/{alternative.name}"] = \
-            [path for path in main_files if path.name != "llm-provider.yaml"] + [alternative]
-    for label, members in sets.items():
-        count = sum(conversations[path] for path in members)
-        if count != 1:
-            problems.append(("FAIL", f"{label}: {count} conversation components, dapr-agents needs exactly one",
-                             "keep one component of type conversation.* (named llm-provider) per set"))
-    return problems or [("ok", f"resources: {len(conversations)} files valid, one LLM in each set Dapr loads", "")]
-
-
-def check_resources(directory: Path) -> List[Result]:
-    """The problems in directory/*.yaml and directory/llm/*.yaml, or one ok line.
-
-    Each file must be a Dapr resource with no secret written in it, and each
-    set of files Dapr loads together must hold exactly one conversation
-    component (dapr-agents takes it as its LLM): the directory itself, and the
-    directory with llm-provider.yaml swapped for a file of llm/, as `make run` does.
-    Without PyYAML here, .venv/bin/python runs the same check.
-    """
-    directory = Path(directory).resolve()
-    if yaml is not None:
-        return _check_resources_here(directory)
-    skipped = [("info", f"{shown(directory)}/ not checked: parsing YAML needs PyYAML, which comes with .venv",
-                "`make setup`, then `make doctor` again")]
-    if not VENV_PYTHON.exists():
-        return skipped
-    out = output_of([str(VENV_PYTHON), "-m", "tools.doctor", "--resources-json", str(directory)],
-                    cwd=settings.ROOT, timeout=60)
-    try:
-        return [tuple(result) for result in json.loads(out)]
-    except ValueError:  # .venv without PyYAML, or broken: say so rather than guess
-        return skipped
-
-
-def check_project_resources() -> List[Result]:
-    return check_resources(settings.RESOURCES_DIR)
-
-
 # --------------------------------------------------------------------------
 # The LLM choice and, while the service runs, its sidecar
 # --------------------------------------------------------------------------
