@@ -69,12 +69,13 @@ write_daprd_wrapper() {
 # Written by scripts/install-dapr.sh of tiny-durable-agent: starts the real daprd
 # with every listener on loopback, unless TDA_SIDECAR_ADDRESS says otherwise.
 address="${TDA_SIDECAR_ADDRESS:-127.0.0.1}"
+# The address daprd announces to placement, which runs on loopback too; without
+# it, a machine with no network but loopback (a laptop offline) stops daprd:
+# "could not determine host IP address".
+DAPR_HOST_IP="${DAPR_HOST_IP:-127.0.0.1}"
+export DAPR_HOST_IP
 case "$address" in
-  127.*|localhost|::1)
-    # The address daprd announces to placement; without it, a machine with no
-    # network but loopback (a laptop offline) stops daprd: "could not determine host IP".
-    DAPR_HOST_IP="${DAPR_HOST_IP:-127.0.0.1}"
-    export DAPR_HOST_IP ;;
+  127.*|localhost|::1) ;;
   *) if [ -z "$DAPR_API_TOKEN" ]; then
        echo "daprd: TDA_SIDECAR_ADDRESS=$address would let anyone who reaches this machine call the sidecar's API (secrets, state, workflows). Set DAPR_API_TOKEN too, or unset TDA_SIDECAR_ADDRESS." >&2
        exit 1
