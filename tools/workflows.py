@@ -105,13 +105,34 @@ def list_runs(grpc_port: int, app_id: str, finished: dict[str, dict] | None = No
         calls = [(i, stub.GetInstance.future(pb.GetInstanceRequest(instanceId=i), metadata=_metadata(), timeout=10))
                  for i in pending[start:start + 100]]
         for instance_id, call in calls:
-            response = call.result()
-            if response.exists:  # not purged between the listing and now
+            response = _instance(stub, instance_id, call)
+            if response is not None and response.exists:  # not purged between the listing and now
                 row = fresh[instance_id] = run_row(response.workflowState, app_id)
                 if row["status"] in FINISHED:
                     finished[instance_id] = row
     rows = [finished.get(i) or fresh.get(i) for i in ids]
     return sorted((row for row in rows if row), key=lambda row: row["created"], reverse=True)
+
+
+# What the sidecar says, for a moment, while a run's state is half written in Redis (docs/durability.md).
+HALF_WRITTEN = "missing from state store"
+
+
+def _instance(stub, instance_id: str, call, tries: int = 5):
+    """A run's GetInstance answer; a read that meets the half-written state is tried again (bounded),
+    and a run that stays unreadable is left out of this listing rather than failing all of it."""
+    for attempt in range(tries):
+        try:
+            return call.result()
+        except grpc.RpcError as exc:
+            if HALF_WRITTEN not in (exc.details() or "") or attempt == tries - 1:
+                if HALF_WRITTEN in (exc.details() or ""):
+                    return None
+                raise
+        time.sleep(0.1)
+        call = stub.GetInstance.future(pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(),
+                                       timeout=10)
+    return None
 
 
 def duration_text(seconds: float) -> str:
