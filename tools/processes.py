@@ -99,7 +99,11 @@ def port_holder(port: int) -> str:
     return "another process (run `ss -ltnp` to see which)"
 
 
-def require_free(ports: dict[str, int]) -> None:
+def require_free(ports: dict[str, int], grace_s: float = 0.0) -> None:
+    """Raise unless every port is free; wait up to `grace_s` for a process that is ending to let go."""
+    deadline = time.monotonic() + grace_s
+    while any(port_in_use(port) for port in ports.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     taken = [f"  port {port} ({what}) is taken by {port_holder(port)}" for what, port in ports.items()
              if port_in_use(port)]
     if taken:

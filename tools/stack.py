@@ -132,7 +132,7 @@ def start_service(argv: list[str], env: dict[str, str], log: Path, append: bool 
     """Start the service's `dapr run` in the background, recorded as "service",
     and return once it is ready (see service_ready). For tests and tools;
     `make serve` runs it in the foreground instead (run_app)."""
-    require_free(SERVICE_PORTS)
+    require_free(SERVICE_PORTS, grace_s=10)  # a service just stopped or killed may still be letting go
     process = spawn("service", argv, env=env, log=log, append=append)
     wait_until(lambda: service_ready(env), "durable_agent_service.py under dapr run",
                process=process, log=log)
