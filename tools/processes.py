@@ -8,8 +8,8 @@ finds it again even after the command that started it crashed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,33 +138,25 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Pa
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = log or LOG_DIR / f"{name}.log"
     with open(log, "ab" if append else "wb") as out:
-        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=die_with_parent(os.getpid()) if tied else None)
+        popen = subprocess.Popen(die_with_parent(argv) if tied else argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     record(name, popen.pid, tied)
     return psutil.Process(popen.pid)
 
 
-def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive SIGTERM when its parent dies, however it dies.
+def die_with_parent(argv: list[str]) -> list[str]:
+    """`argv`, started so that it receives SIGTERM when the process that starts it dies, however it dies.
 
     Each process runs in a session of its own (so Ctrl+C reaches only the
     supervisor, which stops everything in order), which also means a SIGKILL
     of the supervisor's process group reaches none of them. Linux's parent-death
     signal closes that gap; a `dapr run` that gets it stops its daprd and app.
-    None where the system has no such signal: there, `up()` stops leftovers.
+    util-linux's setpriv sets it and then runs `argv` (a Python preexec_fn would
+    have to fork, and gRPC's fork handlers make that fail now and then).
+    Without setpriv, `up()` still stops the leftovers of a killed command.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return preexec
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def record(name: str, pid: int, tied: bool = True) -> None:

@@ -207,8 +207,8 @@ def run_app(app: list[str], name: str) -> int:
             with contextlib.ExitStack() as files:
                 output = ({"stdout": files.enter_context(open(ONE_SHOT_LOG, "wb")), "stderr": subprocess.STDOUT}
                           if one_shot else {})
-                popen = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                         preexec_fn=die_with_parent(os.getpid()), **output)
+                popen = subprocess.Popen(die_with_parent(argv), cwd=ROOT, env=env, start_new_session=True,
+                                         stdin=subprocess.DEVNULL, **output)
             record(name, popen.pid)
             with _graceful_stop_on_signal(popen) as stopping:
                 if name == "service":
