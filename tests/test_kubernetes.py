@@ -270,9 +270,8 @@ def test_the_demo_redis_command_line_starts_a_redis_that_wants_the_password_and_
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOG_DIR / "kube-check-demo-redis.log", "wb") as log:
         process = psutil.Process(subprocess.Popen(
-            ["sh", "-c", script], env={**os.environ, "REDIS_PASSWORD": password}, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent(os.getpid())).pid)
+            die_with_parent(["sh", "-c", script]), env={**os.environ, "REDIS_PASSWORD": password},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).pid)
     client = redis.Redis(host="127.0.0.1", port=DEMO_REDIS_CHECK_PORT, password=password, decode_responses=True)
     try:
         wait_for(lambda: port_in_use(DEMO_REDIS_CHECK_PORT), "the demo Redis", timeout_s=15)

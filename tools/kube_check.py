@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import ssl
@@ -171,8 +170,8 @@ def _start(name: str, argv: list[str]) -> tuple[psutil.Process, Path]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"kube-check-{name}.log"
     with open(log, "wb") as out:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
+        popen = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     return psutil.Process(popen.pid), log
 
 
