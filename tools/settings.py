@@ -55,6 +55,22 @@ SCHEDULER_ETCD_PEER_PORT = int(FACTS["SCHEDULER_ETCD_PEER_PORT"])
 SCRIPTED_LLM_PORT = int(FACTS["SCRIPTED_LLM_PORT"])
 DASHBOARD_PORT = int(FACTS["DASHBOARD_PORT"])
 
+
+def _items(key: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in FACTS[key].split(","))
+
+
+# `make serve-ha` (tools/ha.py): one entry per "host", in the order of HA_HOSTS.
+HA_HOSTS = _items("HA_HOSTS")
+HA_APP_PORTS = tuple(int(port) for port in _items("HA_APP_PORTS"))
+HA_SIDECAR_HTTP_PORTS = tuple(int(port) for port in _items("HA_SIDECAR_HTTP_PORTS"))
+HA_SIDECAR_METRICS_PORTS = tuple(int(port) for port in _items("HA_SIDECAR_METRICS_PORTS"))
+PLACEMENT_RAFT_PORT = int(FACTS["PLACEMENT_RAFT_PORT"])
+HA_PLACEMENT_HEALTHZ_PORTS = tuple(int(port) for port in _items("HA_PLACEMENT_HEALTHZ_PORTS"))
+HA_SCHEDULER_HEALTHZ_PORTS = tuple(int(port) for port in _items("HA_SCHEDULER_HEALTHZ_PORTS"))
+HA_PLACEMENT_IDS = _items("HA_PLACEMENT_IDS")
+HA_SCHEDULER_IDS = _items("HA_SCHEDULER_IDS")
+
 SERVICE_URL = f"http://127.0.0.1:{APP_PORT}"
 SIDECAR_URL = f"http://127.0.0.1:{SIDECAR_HTTP_PORT}"
 DASHBOARD_URL = f"http://127.0.0.1:{DASHBOARD_PORT}"
