@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from helpers import listeners_beyond_loopback, percentile, record_figure, stack_processes, wait_for
-from tools import ha, processes, services, settings
+from tools import figures, ha, processes, services, settings
 from tools.ha_load import SUBMIT_TIMEOUT_S, SteadyLoad, epoch, runs_by_task
 from tools.scripted_llm import DEFAULT_ANSWER
 from tools.settings import HA_APP_PORTS, HA_HOSTS, HA_SIDECAR_HTTP_PORTS
@@ -130,10 +130,12 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
     faults: list[dict] = []
     started = time.monotonic()
 
-    def fault(name: str, strike, replica: int | None = None) -> None:
+    def fault(kind: str, which: str, strike, replica: int | None = None) -> None:
         """Strike; wait until a run sent after it completes (or fail: the service stalled); start again what is
         down (a killed node; a placement leader that ended itself), wait until the cluster is whole and serves
-        new runs again: then the next fault may strike."""
+        new runs again: then the next fault may strike. `kind` names the fault in docs/figures.json, `which` the
+        node or host it struck."""
+        name = f"{kind} ({which})"
         if replica is not None:
             load.take_out(replica)
         at = time.time()
@@ -147,7 +149,7 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
         whole = time.time()
         wait_for(lambda: load.a_run_completed_since(whole, seen_done), f"new runs to complete again after: {name}",
                  timeout_s=RECOVERY_DEADLINE_S, interval_s=0.3)
-        faults.append({"fault": name, "at": at, "until": time.time(), "replica": replica})
+        faults.append({"fault": kind, "which": which, "at": at, "until": time.time(), "replica": replica})
 
     def cut_off_for_a_while(host: int) -> None:
         cluster.signal_host(host, signal.SIGSTOP)
@@ -159,15 +161,15 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
     try:
         wait_for(lambda: load.a_run_completed_since(0, seen_done), "the first run to complete", timeout_s=60)
         leader = ha.placement_leader()
-        fault(f"placement leader {settings.HA_PLACEMENT_IDS[leader]} killed",
+        fault("placement leader killed", settings.HA_PLACEMENT_IDS[leader],
               lambda: cluster.kill(f"ha-placement-{leader}"))
-        fault("scheduler node dapr-scheduler-server-1 killed", lambda: cluster.kill("ha-scheduler-1"))
-        fault("replica 2 killed (app and sidecar)", lambda: cluster.kill("ha-replica-2"), replica=2)
+        fault("scheduler node killed", settings.HA_SCHEDULER_IDS[1], lambda: cluster.kill("ha-scheduler-1"))
+        fault("replica killed", "replica 2: its app and sidecar", lambda: cluster.kill("ha-replica-2"), replica=2)
         # The hardest host to lose: the placement leader's. While it is frozen the whole service waits
         # (docs/ha.md#a-frozen-host), so here the runs must complete once it is back; its placement node then
         # ends itself ("lost leadership") and is started again.
         host = ha.placement_leader()
-        fault(f"host {HA_HOSTS[host]} (placement leader's) cut off for {HOST_CUT_S:.0f} s",
+        fault("placement leader's host frozen", f"{HA_HOSTS[host]} for {HOST_CUT_S:.0f} s",
               lambda: cut_off_for_a_while(host), replica=host)
         wait_for(lambda: len(load.submissions) >= RUNS, f"{RUNS} runs to be submitted", timeout_s=180)
     finally:
@@ -221,17 +223,18 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
     assert {t: n for t, n in calls.items() if n > 2 * len(runs[t]) and t not in caught} == {}
 
     quiet = [took[t] for t in runs if t not in caught]
-    for f in faults:
-        record_figure(f"HA: {f['fault']}",
-                      fault_to_next_completed_run_s=round(min(d for d in done_at.values() if d > f["at"]) - f["at"], 1),
-                      fault_to_first_new_run_completed_s=round(
-                          min(done_at[t] for t in runs if submissions[t].sent_at > f["at"]) - f["at"], 1),
-                      run_p95_during_fault_s=round(percentile([took[t] for t in in_flight_during(f)], 95), 2),
-                      fault_to_serving_again_s=round(f["until"] - f["at"], 1))
-    record_figure("HA: steady load through the four faults", runs=len(submissions), rate_per_s=RATE_PER_S,
-                  run_p95_outside_faults_s=round(percentile(quiet, 95), 2),
-                  pubsub_tasks_run_twice=len(twice),
-                  submissions_retried=sum(1 for s in submissions.values() if s.retries),
-                  submissions_unanswered=len(unanswered),
-                  llm_calls_repeated=sum(calls[t] - 2 * len(runs[t]) for t in runs),
-                  duration_s=round(time.monotonic() - started, 1))
+    measured = {f"HA fault: {f['fault']}": dict(
+        which=f["which"],
+        fault_to_next_completed_run_s=round(min(d for d in done_at.values() if d > f["at"]) - f["at"], 1),
+        fault_to_first_new_run_completed_s=round(min(done_at[t] for t in runs if submissions[t].sent_at > f["at"])
+                                                 - f["at"], 1),
+        run_p95_during_fault_s=round(percentile([took[t] for t in in_flight_during(f)], 95), 2),
+        fault_to_serving_again_s=round(f["until"] - f["at"], 1)) for f in faults}
+    measured["HA load: steady load through the four faults"] = dict(
+        runs=len(submissions), rate_per_s=RATE_PER_S, run_p95_outside_faults_s=round(percentile(quiet, 95), 2),
+        pubsub_tasks_run_twice=len(twice), submissions_retried=sum(1 for s in submissions.values() if s.retries),
+        submissions_unanswered=len(unanswered), llm_calls_repeated=sum(calls[t] - 2 * len(runs[t]) for t in runs),
+        duration_s=round(time.monotonic() - started, 1))
+    for name, values in measured.items():
+        record_figure(name, **values)
+        figures.keep(name, **values)

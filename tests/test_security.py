@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from helpers import listeners_beyond_loopback, stack_processes, workflow_key_mentioning
-from tools import processes, secure, services, settings
+from helpers import listeners_beyond_loopback, stack_processes, wait_for, workflow_key_mentioning
+from tools import ha, processes, secure, services, settings
 from tools.settings import SERVICE_APP_ID
 
 pytestmark = pytest.mark.secure
@@ -157,20 +157,26 @@ def test_in_secure_mode_too_no_process_of_the_stack_listens_beyond_loopback(secu
     assert listeners_beyond_loopback(stack_processes()) == []
 
 
-def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
-    ca_file = secure.SENTRY_CREDENTIALS / "ca.crt"
+def _certificate_of(host: str, port: int) -> x509.Certificate:
+    """The certificate a TLS server presents, once its chain is verified up to sentry's root CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # a SPIFFE certificate names a workload, not a host
-    context.load_verify_locations(cafile=ca_file)  # the handshake fails unless the chain ends at our CA
+    context.load_verify_locations(cafile=secure.SENTRY_CREDENTIALS / "ca.crt")  # the handshake fails otherwise
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", _internal_grpc_port(secure_service)), timeout=10) as raw, \
-            context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
+    with socket.create_connection((host, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
-    certificate = x509.load_der_x509_certificate(der)
-    uris = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+
+def _spiffe_ids(certificate: x509.Certificate) -> list[str]:
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
         .get_values_for_type(x509.UniformResourceIdentifier)
-    assert uris == [SPIFFE_ID]
+
+
+def test_the_sidecar_holds_a_spiffe_identity_that_names_the_app(secure_service):
+    certificate = _certificate_of("127.0.0.1", _internal_grpc_port(secure_service))
+    ca_file = secure.SENTRY_CREDENTIALS / "ca.crt"
+
+    assert _spiffe_ids(certificate) == [SPIFFE_ID]
     # Issued by sentry's issuer certificate, which our root CA signed: checked signature by signature.
     ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
     issuer = x509.load_pem_x509_certificate((secure.SENTRY_CREDENTIALS / "issuer.crt").read_bytes())
@@ -261,3 +267,44 @@ def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_
     listening = {conn.laddr.ip for conn in redis_process.net_connections() if conn.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
     authenticated.close()
+
+
+@pytest.mark.ha
+def test_in_secure_mode_the_ha_stack_speaks_tls_on_every_host_and_serves_runs(secure_session, llm_env,
+                                                                              scripted_llm):
+    """`TDA_SECURE=1 make serve-ha`: every placement and scheduler node and every replica's sidecar presents a
+    certificate from our sentry, the schedulers under the only ids sentry signs scheduler certificates for, and
+    runs over HTTP and pub/sub complete through each replica."""
+    secure_session.stop()  # replica 0's app takes the service's port; secure_service starts it again
+    with ha.running(llm_env, secure=True):
+        for i, host in enumerate(settings.HA_HOSTS):
+            placement = _spiffe_ids(_certificate_of(host, settings.PLACEMENT_PORT))
+            scheduler = _spiffe_ids(_certificate_of(host, settings.SCHEDULER_PORT))
+            daprd = next(p for p in processes.recorded(f"ha-replica-{i}").children(recursive=True)
+                         if p.name() == "daprd").cmdline()
+            sidecar = _spiffe_ids(_certificate_of(host, int(daprd[daprd.index("--dapr-internal-grpc-port") + 1])))
+
+            assert placement == [f"spiffe://{secure.TRUST_DOMAIN}/ns/default/dapr-placement"], placement
+            assert scheduler == [f"spiffe://{secure.TRUST_DOMAIN}/ns/default/dapr-scheduler"], scheduler
+            assert sidecar == [SPIFFE_ID], sidecar
+
+        with httpx.Client(timeout=30) as client:
+            started = {}  # app URL -> the id of the run started there over HTTP
+            for i, host in enumerate(settings.HA_HOSTS):
+                app = f"http://127.0.0.1:{settings.HA_APP_PORTS[i]}"
+                run = client.post(f"{app}/run", json={"task": f"secure ha {i} over http"})
+                started[app] = run.json()["instance_id"]
+                published = client.post(f"http://{host}:{settings.HA_SIDECAR_HTTP_PORTS[i]}/v1.0/publish/"
+                                        "agent-pubsub/assistant.topic", json={"task": f"secure ha {i} over pub/sub"})
+                assert published.status_code == 204, published.text
+
+            def completed(app: str, instance_id: str) -> bool:
+                # 500 for a moment while the run's state is half written (helpers.Service.wait_until_done).
+                response = client.get(f"{app}/run/{instance_id}")
+                return response.status_code == 200 and response.json().get("runtime_status") == "COMPLETED"
+
+            # A published run asks the LLM twice, for its answer and its summary (test_ha.py). Any replica may take a
+            # published task; one its sidecar took but could not hand over is handed out again after 60 s.
+            wait_for(lambda: all(completed(app, i) for app, i in started.items())
+                     and all(len(scripted_llm.calls_mentioning(f"secure ha {i} over pub/sub")) >= 2 for i in range(3)),
+                     "the runs started through each replica to complete", timeout_s=150, interval_s=1)

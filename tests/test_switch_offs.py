@@ -93,12 +93,20 @@ def test_the_durability_page_quotes_the_figures_the_suite_wrote():
     assert figures.misquoted(figures.PAGE.read_text(), figures.load()) == []
 
 
+def test_the_ha_page_shows_the_figures_the_suite_wrote():
+    assert figures.misquoted_blocks(figures.load()) == []
+
+
 def test_the_figures_check_notices_a_figure_typed_by_hand():
     page = figures.PAGE.read_text()
     kept = figures.load()
     measured = figures.render(figures.TABLE_QUOTES["the app is killed"][1], kept["figures"]["killed app mid LLM call"])
 
     assert figures.misquoted(page.replace(measured, "1.0 s from kill to COMPLETED, restart included"), kept)
+    block = figures.BLOCKS[0]
+    table = figures.block_table(block, kept)
+    typed = figures.with_block(block.page.read_text(), block, kept).replace(table, table.replace("|", "| 1.0 |", 1))
+    assert figures.with_block(typed, block, kept) != typed  # what misquoted_blocks compares
 
 
 @pytest.mark.skipif(not switch_offs.namespaces_available(),

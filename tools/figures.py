@@ -1,13 +1,15 @@
-"""The figures docs/durability.md quotes, kept in one committed file that the suite writes.
+"""The figures the docs quote, kept in one committed file that the suite writes.
 
     TDA_WRITE_FIGURES=1 .venv/bin/python -m pytest tests/test_durability.py tests/test_load.py
+    TDA_WRITE_FIGURES=1 .venv/bin/python -m pytest -m ha
 
-rewrites the figures of the tests it runs in docs/figures.json, and the page's
-sentences that quote them (without the variable, tests only report their
-figures at the end of the session). TABLE_QUOTES and PROSE_QUOTES say which
-part of the page shows which figure; tests/test_switch_offs.py checks that the
-page says exactly what the file holds, so no figure in the page is typed by hand.
-`python -m tools.figures` rewrites the page from the file alone.
+rewrites the figures of the tests it runs in docs/figures.json, and the pages'
+parts that quote them (without the variable, tests only report their figures
+at the end of the session). TABLE_QUOTES and PROSE_QUOTES say which part of
+docs/durability.md shows which figure; BLOCKS name the tables of docs/ha.md
+that show every figure of some tests. tests/test_switch_offs.py checks that the
+pages say exactly what the file holds, so no figure in them is typed by hand.
+`python -m tools.figures` rewrites the pages from the file alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from tools.settings import ROOT
 
@@ -23,6 +27,61 @@ FIGURES_FILE = ROOT / "docs" / "figures.json"
 PAGE = ROOT / "docs" / "durability.md"
 WRITE_VARIABLE = "TDA_WRITE_FIGURES"
 HOW = f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_durability.py tests/test_load.py"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A table, between two comment lines of `page`, of every figure kept under a name starting with `prefix`:
+    a row per name, a column per figure (`columns`: figure -> heading), in the order of `names`."""
+
+    page: Path
+    prefix: str
+    names: tuple[str, ...]
+    columns: dict[str, str]
+    how: str
+
+    @property
+    def markers(self) -> tuple[str, str]:
+        return (f"<!-- figures of {self.prefix}*: written from docs/figures.json by `{self.how}` -->",
+                f"<!-- end of the figures of {self.prefix}* -->")
+
+
+MACHINE = {"cpus": "cores", "load_average": "load average", "measured": "measured"}
+BLOCKS = [
+    Block(ROOT / "docs" / "ha.md", "HA fault: ",
+          ("HA fault: placement leader killed", "HA fault: scheduler node killed", "HA fault: replica killed",
+           "HA fault: placement leader's host frozen"),
+          {"which": "which", "fault_to_next_completed_run_s": "fault to the next completed run (s)",
+           "fault_to_first_new_run_completed_s": "to the first new run completed (s)",
+           "run_p95_during_fault_s": "p95 of the runs in flight (s)",
+           "fault_to_serving_again_s": "to serving again, node restarted (s)"},
+          f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest -m ha"),
+    Block(ROOT / "docs" / "ha.md", "HA load: ", ("HA load: steady load through the four faults",),
+          {"runs": "runs", "rate_per_s": "runs/s", "run_p95_outside_faults_s": "p95 outside faults (s)",
+           "pubsub_tasks_run_twice": "published tasks run twice", "submissions_unanswered": "unanswered",
+           "llm_calls_repeated": "LLM calls repeated", "duration_s": "duration (s)", **MACHINE},
+          f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest -m ha"),
+]
+
+
+def block_table(block: Block, kept: dict) -> str:
+    """The block's table, as the figures `kept` fill it."""
+    rows = ["| " + " | ".join(["", *block.columns.values()]) + " |",
+            "| " + " | ".join(["---"] * (len(block.columns) + 1)) + " |"]
+    for name in block.names:
+        values = kept["figures"].get(name, {})
+        rows.append("| " + " | ".join([name.removeprefix(block.prefix),
+                                       *(str(values.get(key, "not measured")) for key in block.columns)]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def with_block(page: str, block: Block, kept: dict) -> str:
+    begin, end = block.markers
+    head, found, rest = page.partition(begin + "\n")
+    if not found:
+        return page
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n\n{block_table(block, kept)}\n{end}{tail}"
 
 # The crash table of docs/durability.md: the row whose first cell starts with the key
 # shows, in its "measured" cell, the template filled with that test's figures.
@@ -61,7 +120,13 @@ def keep(test: str, **figures: object) -> None:
     kept["figures"][test] = figures | {"cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1),
                                        "measured": datetime.now(UTC).isoformat(timespec="seconds")}
     FIGURES_FILE.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+    write_pages(kept)
+
+
+def write_pages(kept: dict) -> None:
     PAGE.write_text(quoted(PAGE.read_text(), kept))
+    for block in BLOCKS:
+        block.page.write_text(with_block(block.page.read_text(), block, kept))
 
 
 def load() -> dict:
@@ -111,6 +176,21 @@ def misquoted(page: str, kept: dict) -> list[str]:
     return problems
 
 
+def misquoted_blocks(kept: dict) -> list[str]:
+    """What the blocks' pages show that the figures file does not hold."""
+    problems = []
+    for block in BLOCKS:
+        page = block.page.read_text()
+        if block.markers[0] not in page or block.markers[1] not in page:
+            problems.append(f"{block.page.relative_to(ROOT)} has no table of the figures of {block.prefix}*")
+        elif with_block(page, block, kept) != page:
+            problems.append(f"{block.page.relative_to(ROOT)}: its table of {block.prefix}* is not what "
+                            f"docs/figures.json holds (run: python -m tools.figures)")
+        problems += [f"docs/figures.json has no figures of {name!r} (run: {block.how})"
+                     for name in block.names if name not in kept["figures"]]
+    return problems
+
+
 def _pattern(template: str) -> str:
     """A regex that finds the template's sentence in the page, whatever its figures and line breaks."""
     parts = re.split(r"\{\w+\}", template)
@@ -135,5 +215,6 @@ def quoted(page: str, kept: dict) -> str:
 
 
 if __name__ == "__main__":
-    PAGE.write_text(quoted(PAGE.read_text(), load()))
-    print(f"{PAGE.relative_to(ROOT)}: figures quoted from {FIGURES_FILE.relative_to(ROOT)}")
+    write_pages(load())
+    for written in sorted({PAGE, *(block.page for block in BLOCKS)}):
+        print(f"{written.relative_to(ROOT)}: figures quoted from {FIGURES_FILE.relative_to(ROOT)}")

@@ -281,7 +281,10 @@ def serve() -> int:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    # Both set here: a shell that starts a command in the background hands it SIGINT ignored, and Python
+    # then leaves it ignored (make serve does the same, in tools/stack.py).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     secure = secure_mode.secure_mode_requested()
     llm_env = dict(os.environ)
     say(choose_llm(llm_env).banner)
