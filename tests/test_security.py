@@ -44,6 +44,21 @@ def _caller(name: str, port: int, local_stack, service, no_components, secure: b
                      process=process, log=settings.LOG_DIR / f"{name}.log")
 
 
+def _invoke_run(port: int) -> httpx.Response:
+    """POST /run to the agent through the sidecar on `port`. Asked again while the sidecar dials an address
+    that refuses: Dapr's SQLite name resolution keeps a stopped sidecar's address for up to its 5 s update
+    interval, and the service was just restarted (the request reached nothing, so no run started)."""
+    def answer() -> httpx.Response | None:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1.0/invoke/{SERVICE_APP_ID}/method/run",
+                              json={"task": "Write a haiku about identity."}, timeout=30)
+        stale = response.status_code == 500 and "ERR_DIRECT_INVOKE" in response.text \
+            and "connect: connection refused" in response.text
+        return None if stale else response
+
+    return wait_for(answer, "an answer from an address the name resolution still holds", timeout_s=30,
+                    interval_s=1)
+
+
 def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path,
                      secure: bool) -> dict[str, httpx.Response]:
     """POST /run to the agent through each caller's sidecar (Dapr service invocation)."""
@@ -52,10 +67,7 @@ def _invoke_run_from(callers: dict[str, int], local_stack, service, tmp_path,
     try:
         for name, port in callers.items():
             _caller(name, port, local_stack, service, no_components, secure)
-        task = {"task": "Write a haiku about identity."}
-        return {name: httpx.post(f"http://127.0.0.1:{port}/v1.0/invoke/{SERVICE_APP_ID}/method/run",
-                                 json=task, timeout=30)
-                for name, port in callers.items()}
+        return {name: _invoke_run(port) for name, port in callers.items()}
     finally:
         for name in callers:
             processes.stop_dapr_run(name)
