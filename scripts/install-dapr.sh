@@ -81,7 +81,16 @@ case "$address" in
        exit 1
      fi ;;
 esac
-exec "$(dirname "$0")/../libexec/daprd" "$@" --dapr-listen-addresses "$address" \
+# `make serve-ha` puts each replica's sidecar on a host address of its own and its HTTP and gRPC APIs
+# on 127.0.0.1 too (each replica on its own ports), where `dapr run` and the app reach their sidecar.
+api="$address"
+case "${TDA_SIDECAR_API_ALSO_ON:-}" in
+  "") ;;
+  127.*) api="$address,$TDA_SIDECAR_API_ALSO_ON" ;;
+  *) echo "daprd: TDA_SIDECAR_API_ALSO_ON=$TDA_SIDECAR_API_ALSO_ON must be a loopback address (127.x)." >&2
+     exit 1 ;;
+esac
+exec "$(dirname "$0")/../libexec/daprd" "$@" --dapr-listen-addresses "$api" \
   --dapr-internal-grpc-listen-address "$address" --metrics-listen-address "$address"
 SH
   chmod +x "$1/.dapr/bin/daprd.new"

@@ -90,10 +90,10 @@ def test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothi
         assert [names.count(n) for n in ("placement", "scheduler", "daprd")] == [3, 3, 3], names
 
         assert listeners_beyond_loopback(stack_processes()) == []
-        for name, members in nodes.items():  # each node on its own host's address; health ports on 127.0.0.1
-            host = HA_HOSTS[int(name[-1])]
-            expected = {host} if name.startswith("ha-replica") else {host, settings.LOOPBACK}
-            assert _listen_addresses(members) == expected, name
+        # Each node on its own host's address; on 127.0.0.1, as each host's own loopback, the health ports and
+        # the sidecars' APIs, each on ports of its own.
+        for name, members in nodes.items():
+            assert _listen_addresses(members) == {HA_HOSTS[int(name[-1])], settings.LOOPBACK}, name
         with httpx.Client(timeout=30) as client:  # a run through each replica, its status read on another
             for k, port in enumerate(HA_APP_PORTS):
                 task = f"ha smoke {uuid.uuid4().hex[:8]}"
@@ -113,6 +113,33 @@ def test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothi
         listening += [f"127.0.0.1:{port}" for port in HA_APP_PORTS if processes.port_in_use(port)]
         assert listening == []
         assert _ha_processes() == {}
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+            command.wait(timeout=30)
+        services.stop_leftovers()
+
+
+def test_a_hard_kill_of_make_serve_ha_leaves_nothing_serving(local_stack, scripted_llm, llm_env):
+    """SIGKILL to the whole group (a closed terminal, `kill -9` of the job): every node ends with it. Each `dapr
+    run` gets the parent-death signal; it acts on it at once only if its sidecar answers on 127.0.0.1."""
+    _stop_the_sessions_service()
+    with open(settings.LOG_DIR / "make-serve-ha-killed.log", "wb") as log:
+        command = subprocess.Popen(["make", "-s", "serve-ha"], cwd=settings.ROOT, env=llm_env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: all(ha.replica_ready(i) for i in range(3)), "make serve-ha to be ready", timeout_s=180,
+                 interval_s=0.5)
+        every = [p for members in _ha_processes().values() for p in members]
+        assert len(every) >= 12, every  # 3 placement, 3 scheduler, 3 x (dapr run, daprd, app)
+
+        os.killpg(command.pid, signal.SIGKILL)
+        command.wait(timeout=10)
+        wait_for(lambda: not any(processes.alive(p) for p in every), "every process of the killed make serve-ha to "
+                 "end", timeout_s=20, interval_s=0.2)
+        assert [f"{host}:{port}" for i, host in enumerate(HA_HOSTS) for port in
+                (settings.PLACEMENT_PORT, settings.SCHEDULER_PORT, HA_SIDECAR_HTTP_PORTS[i])
+                if processes.port_in_use(port, host)] == []
     finally:
         if command.poll() is None:
             os.killpg(command.pid, signal.SIGKILL)

@@ -29,6 +29,11 @@ def test_the_sidecar_opens_beyond_loopback_only_with_an_api_token(local_stack, t
 
     assert refused.returncode == 1
     assert "Set DAPR_API_TOKEN too" in refused.stderr
+    # The second address for the APIs (make serve-ha's) is loopback only, even with a token.
+    refused = subprocess.run([str(daprd), "--app-id", "exposed"], capture_output=True, text=True, timeout=30,
+                             env=os.environ | {"TDA_SIDECAR_API_ALSO_ON": "0.0.0.0", "DAPR_API_TOKEN": "a-token"})
+    assert refused.returncode == 1
+    assert "TDA_SIDECAR_API_ALSO_ON=0.0.0.0 must be a loopback address" in refused.stderr
 
     token = "a-token-for-this-test"
     sidecar = processes.spawn("exposed", [str(local_stack.cli), "run", "--app-id", "exposed",

@@ -37,7 +37,7 @@ SCHEDULER_ADDRESSES = ",".join(f"{host}:{settings.SCHEDULER_PORT}" for host in H
 
 @dataclass
 class Node:
-    """One process of the HA stack on one host: `ports` are on `host`, except health ports (127.0.0.1)."""
+    """One process of the HA stack on one host: `ports` are on `host`, `health_ports` on 127.0.0.1."""
 
     service: Service
     host: str
@@ -126,14 +126,18 @@ def replica_ready(i: int, api_token: str | None = None) -> bool:
 def replica_node(i: int, runtime: DaprRuntime, llm_env: dict[str, str], secure: bool) -> Node:
     argv, env = stack.dapr_run(runtime, replica_app(i), choose_llm(llm_env), secure=secure, base_env=llm_env)
     host = HA_HOSTS[i]
-    # The wrapper binds every listener of the sidecar to TDA_SIDECAR_ADDRESS; DAPR_HOST_IP is the address it
-    # announces to placement (other sidecars dial it for the actors it hosts), DAPR_RUNTIME_HOST where the app
-    # finds its sidecar (Dapr's Python SDK).
-    env |= {"TDA_SIDECAR_ADDRESS": host, "DAPR_HOST_IP": host, "DAPR_RUNTIME_HOST": host}
+    # The wrapper binds every listener of the sidecar to TDA_SIDECAR_ADDRESS, and its HTTP and gRPC APIs to
+    # TDA_SIDECAR_API_ALSO_ON too: 127.0.0.1 plays each host's own loopback, where `dapr run` writes its
+    # bookkeeping (without it, the CLI retries for ~30 s and handles no signal meanwhile: a SIGKILLed
+    # `make serve-ha` left its replicas serving that long). DAPR_HOST_IP is the address it announces to
+    # placement (other sidecars dial it for the actors it hosts), DAPR_RUNTIME_HOST where the app finds its
+    # sidecar (Dapr's Python SDK).
+    env |= {"TDA_SIDECAR_ADDRESS": host, "TDA_SIDECAR_API_ALSO_ON": LOOPBACK, "DAPR_HOST_IP": host,
+            "DAPR_RUNTIME_HOST": host}
     return Node(Service(f"ha-replica-{i}", argv, {"sidecar HTTP": settings.HA_SIDECAR_HTTP_PORTS[i],
                                                  "sidecar metrics": settings.HA_SIDECAR_METRICS_PORTS[i]},
                         lambda: replica_ready(i, env.get("DAPR_API_TOKEN"))), host, env, replica=True,
-                health_ports={"app": settings.HA_APP_PORTS[i]})
+                health_ports={"app": settings.HA_APP_PORTS[i], "sidecar HTTP": settings.HA_SIDECAR_HTTP_PORTS[i]})
 
 
 def placement_leader() -> int | None:
