@@ -96,7 +96,7 @@ copy_dapr_sources() {
 started=$SECONDS
 rm -f "$PREFIX/.complete"
 mkdir -p "$PREFIX/bin" "$(dirname "$LOG")" && : > "$LOG"
-say "kubernetes check: kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION are built once per machine (8 to 17 min); log: $LOG"
+say "kubernetes check: kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION are built once per machine (minutes: each step prints its time); log: $LOG"
 step "$LOG" "kubernetes check: building kube-apiserver $KUBERNETES_VERSION (1/3)" build_apiserver
 step "$LOG" "kubernetes check: building etcd $ETCD_VERSION (2/3)" build_etcd
 step "$LOG" "kubernetes check: building helm $HELM_VERSION (3/3)" build_helm
