@@ -34,7 +34,10 @@ TASKS_PER_TRIGGER = 200
 CLIENT_CONCURRENCY = 32
 FINISHED = {"COMPLETED", "FAILED", "TERMINATED"}
 # Under pytest's 300 s: the whole load test has this long to finish, and fails early if nothing moves for STALL_S.
-LOAD_DEADLINE_S, STALL_S = 240, 30
+# STALL_S is longer than the 60 s after which Redis hands out again a message the sidecar took but did not
+# acknowledge: in one CI run of a 200-message burst, one message ran 61 s after its publish, 35 s after all
+# others (kept, not lost); a shorter window called it lost.
+LOAD_DEADLINE_S, STALL_S = 240, 75
 
 
 async def _post_runs(tasks: list[str]) -> list[str]:
