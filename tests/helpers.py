@@ -29,15 +29,17 @@ FIGURES = STATE_DIR / "figures.jsonl"
 TEST_LLM_TIMEOUT = "3s"
 
 
-def wait_for(check: Callable[[], object], what: str, timeout_s: float = RUN_TIMEOUT_S, interval_s: float = 0.1):
-    """Poll `check` until it returns something truthy, and return that; fail at the deadline."""
+def wait_for(check: Callable[[], object], what: str | Callable[[], str], timeout_s: float = RUN_TIMEOUT_S,
+             interval_s: float = 0.1):
+    """Poll `check` until it returns something truthy, and return that; fail at the deadline. `what` may be a
+    function, asked at the deadline, for a message that says what was still missing then."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what() if callable(what) else what}")
         time.sleep(interval_s)
 
 

@@ -214,9 +214,12 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
                                              and submissions[t].sent_at + SUBMIT_TIMEOUT_S > f["at"] for f in faults)} \
         == set()
     statuses: dict[str, dict] = {}  # instance id -> its final status
+    seen_runs: dict[str, list[str]] = {}  # what the last look found, for the failure message
 
     def all_done():
         runs = runs_by_task(redis_client, load.marker)
+        seen_runs.clear()
+        seen_runs.update(runs)
         for instance_id in [i for ids in runs.values() for i in ids if i not in statuses][:50]:
             status = load.status(instance_id)
             if status and status["runtime_status"] in {"COMPLETED", "FAILED", "TERMINATED"}:
@@ -224,7 +227,13 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
         finished = all(i in statuses for ids in runs.values() for i in ids)
         return runs if set(submissions) - unanswered <= set(runs) <= set(submissions) and finished else None
 
-    runs = wait_for(all_done, "every run to finish", timeout_s=240, interval_s=1)
+    def unfinished() -> str:
+        no_run = sorted(set(submissions) - unanswered - set(seen_runs))
+        open_runs = [i for ids in seen_runs.values() for i in ids if i not in statuses]
+        return (f"every run to finish ({len(no_run)} acknowledged tasks with no run, e.g. {no_run[:3]}; "
+                f"{len(open_runs)} runs not finished, e.g. {open_runs[:3]})")
+
+    runs = wait_for(all_done, unfinished, timeout_s=240, interval_s=1)
     assert {i: s["runtime_status"] for i, s in statuses.items() if s["runtime_status"] != "COMPLETED"} == {}
     assert {i for i, s in statuses.items() if json.loads(s["serialized_output"])["content"] != DEFAULT_ANSWER} == set()
     done_at = {task: min(epoch(statuses[i]["last_updated_at"]) for i in ids) for task, ids in runs.items()}
