@@ -1,7 +1,7 @@
 # The two commands a newcomer types: `make run` and `make test`.
 # Each one installs what is missing first (see scripts/setup.sh).
 # The local stack itself (Redis, Dapr placement and scheduler) is started and
-# stopped by tools/stack.py; nothing here starts processes on its own.
+# stopped by tools/stack/commands.py; nothing here starts processes on its own.
 
 PYTHON ?= python3
 VENV_PY := .venv/bin/python
@@ -43,7 +43,7 @@ images: setup ## regenerate the pictures in images/ from the real thing (archite
 	@bash scripts/install-image-tools.sh
 	@bash scripts/render-architecture.sh
 	@$(VENV_PY) -m tools.bench
-	@$(VENV_PY) -m tools.screenshots
+	@$(VENV_PY) -m tools.runs.screenshots
 
 up: setup ## start Redis, placement and scheduler in the background (for your own `dapr run`)
 	@$(STACK) up
@@ -58,24 +58,24 @@ env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)
 	@$(STACK) env
 
 workflows: ## list the running service's workflow runs
-	@$(VENV_PY) -m tools.workflows list
+	@$(VENV_PY) -m tools.runs.workflows list
 
 history: ## one run's history: make history ID=<instance id> [APP=durable-agent-minimal]
 	@test -n "$(ID)" || { echo "usage: make history ID=<instance id>  (ids: make workflows)"; exit 2; }
-	@$(VENV_PY) -m tools.workflows $(if $(APP),--app-id "$(APP)") history "$(ID)"
+	@$(VENV_PY) -m tools.runs.workflows $(if $(APP),--app-id "$(APP)") history "$(ID)"
 
 dashboard: ## the runs in your browser at http://localhost:8080 while the service runs [APP=<app id>]; Ctrl+C stops it
-	@$(VENV_PY) -m tools.dashboard $(if $(APP),--app-id "$(APP)")
+	@$(VENV_PY) -m tools.runs.dashboard $(if $(APP),--app-id "$(APP)")
 
 crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offline, under a minute)
-	@$(VENV_PY) -m tools.crash_demo
+	@$(VENV_PY) -m tools.runs.crash_demo
 
 switch-offs: setup ## switch each README claim off in a throw-away copy; its test must fail (long: not in make test)
-	@$(VENV_PY) -m tools.switch_offs
+	@$(VENV_PY) -m tools.proof.switch_offs
 
 purge: ## remove one run, and only that one (a run stuck on bad input, say): make purge ID=<instance id>
 	@test -n "$(ID)" || { echo "usage: make purge ID=<instance id>  (ids: make workflows)"; exit 2; }
-	@$(VENV_PY) -m tools.workflows $(if $(APP),--app-id "$(APP)") purge "$(ID)"
+	@$(VENV_PY) -m tools.runs.workflows $(if $(APP),--app-id "$(APP)") purge "$(ID)"
 
 clean: stop ## stop the stack and delete its logs and data (.stack/)
 	rm -rf .stack

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CHROMIUM=/usr/bin/chromium   # the path tools/screenshots.py and the tests launch
-LOG="${TDA_STATE_DIR:-.stack}/logs/setup-browser.log"   # this clone's logs, as in tools/settings.py
+CHROMIUM=/usr/bin/chromium   # the path tools/runs/screenshots.py and the tests launch
+LOG="${TDA_STATE_DIR:-.stack}/logs/setup-browser.log"   # this clone's logs, as in tools/stack/settings.py
 
 die() { printf '[browser] error: %s\n' "$*" >&2; exit 1; }
 

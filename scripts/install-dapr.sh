@@ -12,14 +12,14 @@
 #   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole, and its recipe)
 # DAPR_BUILD=slim (the default) compiles only the components this example uses
 # (about 5 minutes); DAPR_BUILD=full compiles every component, like a release
-# build (much longer), into $TDA_HOME/dapr-<runtime>-full. tools/runtime.py
+# build (much longer), into $TDA_HOME/dapr-<runtime>-full. tools/stack/runtime.py
 # looks in both folders; a full build also serves when a slim one is asked for.
-# Versions come from tools/stack.env. The Go output goes to
+# Versions come from tools/stack/stack.env. The Go output goes to
 # $TDA_HOME/logs/build-dapr-<runtime>[-full].log; each step prints one line.
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 DAPR_BUILD="${DAPR_BUILD:-slim}"
 
 case "$DAPR_BUILD" in

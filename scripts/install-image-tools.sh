@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 TAG=images
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh   # say/die/step
-LOG="${TDA_STATE_DIR:-.stack}/logs/setup-images.log"   # this clone's logs, as in tools/settings.py
+LOG="${TDA_STATE_DIR:-.stack}/logs/setup-images.log"   # this clone's logs, as in tools/stack/settings.py
 
 apt_install() {
   $SUDO apt-get update

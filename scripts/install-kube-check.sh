@@ -3,7 +3,7 @@
 # kube-apiserver and etcd (the manifests are dry-run against them) and Helm
 # (it renders the dapr/dapr chart with deploy/kubernetes/dapr-values.yaml).
 # No cluster, no Docker, no GitHub download: everything comes from the Go
-# module proxy, at the versions in tools/stack.env.
+# module proxy, at the versions in tools/stack/stack.env.
 #
 # The result lands in the per-machine cache, keyed by version, like the runtime:
 #   $TDA_HOME/kube-check-<kubernetes>/bin/{kube-apiserver,etcd,helm}
@@ -15,9 +15,9 @@
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 
-PREFIX="$TDA_HOME/kube-check-$KUBERNETES_VERSION"   # tools/kube_check.py: PREFIX
+PREFIX="$TDA_HOME/kube-check-$KUBERNETES_VERSION"   # tools/proof/kube_check.py: PREFIX
 STAMP="kubernetes=$KUBERNETES_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION dapr=$DAPR_RUNTIME_VERSION"
 LOG="$TDA_HOME/logs/build-kube-check-$KUBERNETES_VERSION.log"
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fetches the Zipkin server (one executable jar) from Maven Central into the
 # per-machine cache, where `dapr init` would have run it as a container.
-# Without Java the stack runs without tracing; tools/stack.py says so.
-# The version comes from tools/stack.env; Maven's output goes to
+# Without Java the stack runs without tracing; tools/stack/commands.py says so.
+# The version comes from tools/stack/stack.env; Maven's output goes to
 # $TDA_HOME/logs/fetch-zipkin-<version>.log, and the step prints one line.
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 JAR="$TDA_HOME/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"              # settings.ZIPKIN_JAR
 LOG="$TDA_HOME/logs/fetch-zipkin-$ZIPKIN_VERSION.log"
 

@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Sourced by scripts/*.sh: the example's facts, and how a set-up step reports.
 # Set TAG (e.g. TAG=setup) before sourcing; lines then start with "[setup]".
-# shellcheck source=tools/stack.env disable=SC1091
-. "$(dirname "${BASH_SOURCE[0]}")/../tools/stack.env"   # versions and ports: the one home of the facts
-TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"   # the rule of tools/settings.py
+# shellcheck source=tools/stack/stack.env disable=SC1091
+. "$(dirname "${BASH_SOURCE[0]}")/../tools/stack/stack.env"   # versions and ports: the one home of the facts
+TDA_HOME="${TDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tiny-durable-agent}"   # the rule of tools/stack/settings.py
 TAG="${TAG:-setup}"
 
 say() { printf '[%s] %s\n' "$TAG" "$*" >&2; }

@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 
-LOG_DIR="${TDA_STATE_DIR:-.stack}/logs"   # this clone's logs, as in tools/settings.py
+LOG_DIR="${TDA_STATE_DIR:-.stack}/logs"   # this clone's logs, as in tools/stack/settings.py
 
 # --- Python ---------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
@@ -30,7 +30,7 @@ install_venv() {
   .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
 }
 
-stamp=.venv/.requirements.sha256   # tools/doctor.py compares it too
+stamp=.venv/.requirements.sha256   # tools/doctor/checks.py compares it too
 want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log="$LOG_DIR/setup-python.log"
@@ -65,7 +65,7 @@ fi
 # --- Dapr -----------------------------------------------------------------
 # Your own `dapr init` of the same minor version is used as it is: daprd,
 # placement and scheduler in ~/.dapr/bin and `dapr` on PATH (the rule of
-# tools/runtime.py). Otherwise install-dapr.sh builds ours once per machine;
+# tools/stack/runtime.py). Otherwise install-dapr.sh builds ours once per machine;
 # when that build is there it returns at once and prints nothing.
 dapr_init_runtime() {
   local bin="$HOME/.dapr/bin" version
@@ -78,5 +78,5 @@ dapr_init_runtime() {
 dapr_init_runtime || bash scripts/install-dapr.sh
 
 # --- Zipkin (tracing) -------------------------------------------------------
-# Optional: without it everything runs, with tracing off (tools/stack.py says so).
+# Optional: without it everything runs, with tracing off (tools/stack/commands.py says so).
 bash scripts/install-zipkin.sh || say "zipkin: not installed, so tracing stays off; \`make setup\` tries again"

@@ -8,10 +8,10 @@ import pytest
 import redis
 
 from helpers import FIGURES, Service
-from tools import stack
-from tools.processes import recorded, require_free
-from tools.scripted_llm import ScriptedLLM
-from tools.settings import REDIS_PORT, SCRIPTED_LLM_PORT
+from tools.stack import commands as stack
+from tools.stack.processes import recorded, require_free
+from tools.stack.scripted_llm import ScriptedLLM
+from tools.stack.settings import REDIS_PORT, SCRIPTED_LLM_PORT
 
 
 def pytest_collection_modifyitems(items) -> None:

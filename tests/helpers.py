@@ -16,11 +16,11 @@ import httpx
 import psutil
 import pytest
 
-from tools import stack
-from tools.llm import choose_llm
-from tools.processes import recorded, stop_dapr_run
-from tools.runtime import DaprRuntime
-from tools.settings import LOG_DIR, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL, STATE_DIR
+from tools.stack import commands as stack
+from tools.stack.llm import choose_llm
+from tools.stack.processes import recorded, stop_dapr_run
+from tools.stack.runtime import DaprRuntime
+from tools.stack.settings import LOG_DIR, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL, STATE_DIR
 
 RUN_TIMEOUT_S = 60.0
 FIGURES = STATE_DIR / "figures.jsonl"
@@ -153,7 +153,7 @@ class Service:
 
 def stack_processes() -> list[psutil.Process]:
     """Every process this stack recorded, with its descendants (a `dapr run`'s daprd and app)."""
-    from tools.processes import recorded_names
+    from tools.stack.processes import recorded_names
 
     found: dict[int, psutil.Process] = {}
     for name in recorded_names():

@@ -19,8 +19,8 @@ import pytest
 
 from helpers import unique_task, wait_for
 from input_guard import MAX_TASK_BYTES
-from tools.settings import LOG_DIR, ROOT, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
-from tools.workflows import list_instances, sidecar_grpc_port
+from tools.runs.workflows import list_instances, sidecar_grpc_port
+from tools.stack.settings import LOG_DIR, ROOT, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
 
 JSON = {"Content-Type": "application/json"}
 LIMIT = f"{MAX_TASK_BYTES // 1024} KiB"

@@ -1,7 +1,7 @@
 """Each capability the README claims, proven on the running service.
 
 Every test here fails if its capability is switched off (`make switch-offs`
-shows it, one copy of the repository per switch-off: tools/switch_offs.py).
+shows it, one copy of the repository per switch-off: tools/proof/switch_offs.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import httpx
 import redis
 
 from helpers import wait_for
-from tools import settings
-from tools.bench import metric_total
-from tools.settings import SERVICE_APP_ID
-from tools.workflows import history, sidecar_grpc_port
+from tools.bench.run import metric_total
+from tools.runs.workflows import history, sidecar_grpc_port
+from tools.stack import settings
+from tools.stack.settings import SERVICE_APP_ID
 
 ZIPKIN = f"http://127.0.0.1:{settings.ZIPKIN_PORT}"
 METRICS = "http://127.0.0.1:9090/metrics"
@@ -191,7 +191,7 @@ def test_workflow_runs_are_listed_and_their_history_shown_without_docker(service
     listed = subprocess.run(
         ["dapr", "workflow", "list", "--app-id", SERVICE_APP_ID, "-c", "redis://127.0.0.1:6379"],
         env=local_stack.env(), capture_output=True, text=True, timeout=60)
-    history = subprocess.run([sys.executable, "-m", "tools.workflows", "history", instance_id],
+    history = subprocess.run([sys.executable, "-m", "tools.runs.workflows", "history", instance_id],
                              cwd=settings.ROOT, capture_output=True, text=True, timeout=60)
 
     assert listed.returncode == 0, listed.stderr

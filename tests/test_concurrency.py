@@ -22,8 +22,8 @@ import pytest
 from dapr.ext.workflow import DaprWorkflowClient
 
 from helpers import TEST_LLM_TIMEOUT, record_figure, unique_task, wait_for
-from tools.settings import SERVICE_APP_ID
-from tools.workflows import sidecar_grpc_port
+from tools.runs.workflows import sidecar_grpc_port
+from tools.stack.settings import SERVICE_APP_ID
 
 RUNS_AT_ONCE = 40
 

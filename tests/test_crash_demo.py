@@ -12,7 +12,8 @@ import time
 import psutil
 
 from helpers import record_figure
-from tools import crash_demo, processes, settings
+from tools.runs import crash_demo
+from tools.stack import processes, settings
 
 
 def service_processes() -> list[str]:
@@ -24,7 +25,7 @@ def test_make_crash_demo_kills_the_app_mid_llm_call_and_the_same_run_completes(s
     service.stop()  # the demo starts the service itself, on the same ports
     started = time.monotonic()
 
-    result = subprocess.run([sys.executable, "-m", "tools.crash_demo"], cwd=settings.ROOT,
+    result = subprocess.run([sys.executable, "-m", "tools.runs.crash_demo"], cwd=settings.ROOT,
                             capture_output=True, text=True, timeout=240)
 
     took_s = time.monotonic() - started

@@ -1,7 +1,7 @@
 """`make dashboard` in a real browser: Debian's Chromium driven by Playwright
 (no browser download), against the session's service and its real sidecar.
 
-The dashboard runs as `make dashboard` runs it (`python -m tools.dashboard`),
+The dashboard runs as `make dashboard` runs it (`python -m tools.runs.dashboard`),
 on its own port, for this module."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from helpers import unique_task, wait_for
-from tools.dashboard import in_background
-from tools.screenshots import CHROMIUM, CHROMIUM_ARGS
-from tools.settings import ROOT, SERVICE_APP_ID
+from tools.runs.dashboard import in_background
+from tools.runs.screenshots import CHROMIUM, CHROMIUM_ARGS
+from tools.stack.settings import ROOT, SERVICE_APP_ID
 
 ACTIVITIES = ["record_initial_entry", "load_tools", "call_llm", "summarize", "finalize_workflow"]
 UI_TIMEOUT_MS = 30_000
@@ -178,7 +178,7 @@ def test_purge_removes_a_finished_run_its_history_and_its_conversation(service, 
 def test_make_workflows_prints_the_columns_of_the_list(service, scripted_llm):
     instance_id, _, _ = completed_run(service, scripted_llm, "Listed in the terminal")
 
-    listed = subprocess.run([sys.executable, "-m", "tools.workflows", "list"], cwd=ROOT,
+    listed = subprocess.run([sys.executable, "-m", "tools.runs.workflows", "list"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
 
     assert listed.returncode == 0, listed.stderr

@@ -22,8 +22,10 @@ import psutil
 import pytest
 
 from helpers import processes_mentioning, record_figure, wait_for, workflow_key_mentioning
-from tools import figures, processes, services, settings, stack
-from tools.settings import APP_PORT, SERVICE_APP_ID
+from tools.proof import figures
+from tools.stack import commands as stack
+from tools.stack import processes, services, settings
+from tools.stack.settings import APP_PORT, SERVICE_APP_ID
 
 
 def _task(what: str) -> str:

@@ -25,10 +25,12 @@ import psutil
 import pytest
 
 from helpers import listeners_beyond_loopback, percentile, record_figure, stack_processes, wait_for
-from tools import figures, ha, processes, services, settings
-from tools.ha_load import SUBMIT_TIMEOUT_S, SteadyLoad, epoch, runs_by_task
-from tools.scripted_llm import DEFAULT_ANSWER
-from tools.settings import HA_APP_PORTS, HA_HOSTS, HA_SIDECAR_HTTP_PORTS
+from tools.ha import cluster as ha
+from tools.ha.load import SUBMIT_TIMEOUT_S, SteadyLoad, epoch, runs_by_task
+from tools.proof import figures
+from tools.stack import processes, services, settings
+from tools.stack.scripted_llm import DEFAULT_ANSWER
+from tools.stack.settings import HA_APP_PORTS, HA_HOSTS, HA_SIDECAR_HTTP_PORTS
 
 pytestmark = pytest.mark.ha
 

@@ -14,7 +14,8 @@ import subprocess
 import psutil
 
 from helpers import processes_mentioning, stack_processes, unique_task, wait_for
-from tools import processes, services, settings, stack
+from tools.stack import commands as stack
+from tools.stack import processes, services, settings
 
 ALL_PORTS = settings.STACK_PORTS | settings.SERVICE_PORTS
 

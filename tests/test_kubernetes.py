@@ -24,9 +24,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from helpers import wait_for
-from tools import kube_check, stack
-from tools.processes import die_with_parent, port_in_use, rel, require_free, stop_group
-from tools.settings import (
+from tools.proof import kube_check
+from tools.stack import commands as stack
+from tools.stack.processes import die_with_parent, port_in_use, rel, require_free, stop_group
+from tools.stack.settings import (
     APP_PORT,
     DAPR_RUNTIME_VERSION,
     FACTS,
@@ -45,8 +46,8 @@ VERDICT = re.compile(r"^(accepted|REJECTED)  (\S+)  \((.+?)\)(?:: (.*))?$", re.M
 
 
 def run_kube_check(*args: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str, str, str]]]:
-    """`python -m tools.kube_check ARGS`, and its verdicts: (verdict, Kind/name, source, reason)."""
-    result = subprocess.run([sys.executable, "-m", "tools.kube_check", *args], cwd=ROOT, capture_output=True,
+    """`python -m tools.proof.kube_check ARGS`, and its verdicts: (verdict, Kind/name, source, reason)."""
+    result = subprocess.run([sys.executable, "-m", "tools.proof.kube_check", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=240)
     return result, VERDICT.findall(result.stdout)
 

@@ -27,8 +27,10 @@ import psutil
 import pytest
 
 from helpers import record_figure, wait_for
-from tools import figures, processes, settings, stack
-from tools.settings import SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
+from tools.proof import figures
+from tools.stack import commands as stack
+from tools.stack import processes, settings
+from tools.stack.settings import SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
 
 TASKS_PER_TRIGGER = 200
 CLIENT_CONCURRENCY = 32

@@ -11,7 +11,7 @@ import subprocess
 import httpx
 
 from helpers import listeners_beyond_loopback, stack_processes
-from tools import processes, settings
+from tools.stack import processes, settings
 
 
 def test_no_process_of_the_stack_listens_beyond_loopback(service, local_stack):

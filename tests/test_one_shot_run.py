@@ -11,7 +11,7 @@ import sys
 import psutil
 
 from helpers import env_without_llm_settings, processes_mentioning
-from tools import processes, settings
+from tools.stack import processes, settings
 
 RUN_TIMEOUT_S = 180
 

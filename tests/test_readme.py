@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tools import stack
+from tools.stack import commands as stack
 
 README_LINES_MAX = 200
 PAGES = {path.relative_to(stack.ROOT).as_posix(): path.read_text()
@@ -57,12 +57,12 @@ RUN_ELSEWHERE = {
     r"make test": "this suite",
     r"make bench": "test_tooling.py::test_the_benchmark_runs_in_smoke_mode_and_writes_its_figures",
     r"make doctor": "test_tooling.py::test_doctor_says_go_is_missing_when_the_runtime_still_has_to_be_built",
-    r"dapr run --app-id durable-agent-minimal .*": "test_one_shot_run.py (via tools.stack.MINIMAL_APP, checked below)",
-    r"dapr run --app-id durable-agent-service .*": "every service test (via tools.stack.SERVICE_APP, checked below)",
+    r"dapr run --app-id durable-agent-minimal .*": "test_one_shot_run.py (via commands.MINIMAL_APP, checked below)",
+    r"dapr run --app-id durable-agent-service .*": "every service test (via commands.SERVICE_APP, checked below)",
     r"make dashboard": "test_dashboard.py::test_a_running_run_shows_as_running_and_turns_completed_without_a_reload",
     r"make crash-demo": (
         "test_crash_demo.py::test_make_crash_demo_kills_the_app_mid_llm_call_and_the_same_run_completes"),
-    r"\.venv/bin/python -m tools\.kube_check": (
+    r"\.venv/bin/python -m tools\.proof\.kube_check": (
         "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run"),
     r"make serve-ha": (
         "test_ha.py::test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothing_listening"),

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from helpers import listeners_beyond_loopback, stack_processes, wait_for, workflow_key_mentioning
-from tools import ha, processes, secure, services, settings
-from tools.settings import SERVICE_APP_ID
+from tools.ha import cluster as ha
+from tools.stack import processes, secure, services, settings
+from tools.stack.settings import SERVICE_APP_ID
 
 pytestmark = pytest.mark.secure
 

@@ -7,7 +7,7 @@ import json
 import uuid
 
 from helpers import wait_for, workflow_key_mentioning
-from tools.settings import SERVICE_APP_ID
+from tools.stack.settings import SERVICE_APP_ID
 
 
 def unique_task(what: str) -> str:

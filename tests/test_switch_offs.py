@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from tools import figures, switch_offs
-from tools.settings import ROOT
-from tools.switch_off_table import SWITCH_OFFS
+from tools.proof import figures, switch_offs
+from tools.proof.switch_off_table import SWITCH_OFFS
+from tools.stack.settings import ROOT
 
 README = (ROOT / "README.md").read_text()
 
@@ -42,7 +42,7 @@ def test_every_test_of_the_readme_claims_table_has_a_switch_off():
     declared = {(entry.claim, entry.test) for entry in SWITCH_OFFS}
 
     assert len(rows) >= 25 and all(tests for _, tests in rows), "every row of the claims table names a test"
-    assert named - declared == set(), "tests of the claims table without a switch-off in tools/switch_off_table.py"
+    assert named - declared == set(), "claims-table tests without a switch-off in tools/proof/switch_off_table.py"
     assert declared - named == set(), "switch-offs of claims or tests the README no longer has"
     assert [entry.test for entry in SWITCH_OFFS if not (entry.edits or entry.env or entry.none)] == []
     assert [entry.test for entry in SWITCH_OFFS if not (entry.because or entry.none)] == []
@@ -115,7 +115,7 @@ def test_the_figures_check_notices_a_figure_typed_by_hand():
 def test_a_switch_off_in_a_throw_away_copy_makes_its_test_fail_and_leaves_this_clone_alone():
     service_script = (ROOT / "durable_agent_service.py").read_text()
 
-    result = subprocess.run([sys.executable, "-m", "tools.switch_offs", "--only",
+    result = subprocess.run([sys.executable, "-m", "tools.proof.switch_offs", "--only",
                              "test_status_of_an_unknown_instance_is_404", "--no-write"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
 

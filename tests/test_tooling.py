@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import sys
 
-from tools import settings
-from tools.doctor import check_resources
+from tools.doctor.checks import check_resources
+from tools.stack import settings
 
 
 def doctor(env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -1,0 +1,259 @@
+"""The switch-offs `make switch-offs` applies: one per test the README's claims table names.
+
+Each one turns the claim's capability off in a throw-away copy of the
+repository (a text replaced in one of its files, a file added, or an
+environment variable for the test run), and the named test must then fail.
+`claim` and `test` are the README row's first cell and one test of its test
+cell, verbatim; tests/test_switch_offs.py checks that every row is here.
+`because` is what the failure must say: a test that fails for another reason
+(a stack that did not start in time) proves nothing. A row whose capability
+cannot be switched off would say why in `none`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Edit:
+    """In `file`, the text `old` (found exactly once) becomes `new`; `old` None: `file` is written as `new`."""
+
+    file: str
+    old: str | None
+    new: str
+
+
+@dataclass(frozen=True)
+class SwitchOff:
+    claim: str
+    test: str
+    what: str = ""
+    edits: tuple[Edit, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    # A regex found in pytest's report of each failure: the test failed for this reason, not another.
+    because: str = ""
+    # False for a corpus of inputs, of which the switch-off changes some: then some cases must fail.
+    every_case: bool = True
+    none: str = ""  # why no switch-off is possible, when none is
+
+
+SERVICE = "durable_agent_service.py"
+BAD_INPUT_CLAIM = "answers malformed or oversized input with a 4xx, starts no run for it"
+NO_INPUT_GUARD = ("the service runs dapr-agents' own AgentRunner, without input_guard.py's check",
+                  (Edit(SERVICE, "runner = GuardedRunner()\n",
+                        "from dapr_agents.workflow.runners import AgentRunner\n\nrunner = AgentRunner()\n"),))
+HA_CLAIM = ("runs as 3 replicas with 3 placement and 3 scheduler nodes; under load, survives a dead replica, "
+            "placement leader or scheduler node and a frozen host")
+LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the LLM at once"
+WORKFLOW_STATE_IN_MEMORY = Edit("resources/agent-workflow.yaml", "  type: state.redis\n", "  type: state.in-memory\n")
+SIGTERM_INSTEAD_OF_SIGINT = Edit("tools/stack/processes.py", "app.send_signal(signal.SIGINT)",
+                                 "app.send_signal(signal.SIGTERM)")
+ACCESS_ALLOWED_BY_DEFAULT = Edit("resources/secure/service-config.yaml", "  accessControl:\n    defaultAction: deny\n",
+                                 "  accessControl:\n    defaultAction: allow\n")
+# The default configuration of the runtime (scripts/install-dapr.sh) with the metrics switched off.
+METRICS_OFF_CONFIG = """apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: metrics-off
+spec:
+  metrics:
+    enabled: false
+  tracing:
+    samplingRate: "1"
+    zipkin:
+      endpointAddress: http://localhost:9411/api/v2/spans
+  nameResolution:
+    component: sqlite
+    configuration:
+      connectionString: .stack/nameresolution.db
+"""
+
+SWITCH_OFFS = [
+    SwitchOff("prints the agent's answer in one command",
+              "test_one_shot_run.py::test_make_run_prints_the_answer_of_the_configured_llm",
+              "durable_agent_minimal.py runs the agent without printing its answer",
+              (Edit("durable_agent_minimal.py", "print(runner.run_sync(agent, {\"task\": \"Write a haiku about "
+                    "programming.\"}))", "runner.run_sync(agent, {\"task\": \"Write a haiku about programming.\"})"),),
+              because=r"no answer printed"),
+    SwitchOff("works offline with Dapr's echo component, and says so",
+              "test_one_shot_run.py::test_make_run_without_an_llm_uses_dapr_echo_and_says_so",
+              "resources/llm/echo.yaml names conversation.openai (which needs a key and the internet) instead of echo",
+              (Edit("resources/llm/echo.yaml", "type: conversation.echo", "type: conversation.openai"),),
+              because=r"assert [1-9][0-9]* == 0"),
+    SwitchOff("HTTP endpoint `POST /run` returns the workflow instance id",
+              "test_service.py::test_post_run_returns_the_instance_id_and_the_run_completes_with_the_llm_answer",
+              "the service mounts the library's default route (`/agent/run`) instead of `/run`",
+              (Edit(SERVICE, 'entry_path="/run", ', 'entry_path="/agent/run", '),),
+              because=r"assert 404 == 200"),
+    SwitchOff("status route `GET /run/{id}`, 404 for unknown ids",
+              "test_service.py::test_status_of_an_unknown_instance_is_404",
+              "the service mounts no status route at `/run/{id}`",
+              (Edit(SERVICE, ', status_path="/run/{instance_id}"', ""),),
+              because=r"'detail': 'Not Found'"),
+    SwitchOff("subscribes to `assistant.topic` on Redis pub/sub",
+              "test_service.py::test_a_task_published_to_assistant_topic_starts_a_run_that_completes",
+              "agent-pubsub lets the app subscribe to `agents.broadcast` only (subscriptionScopes)",
+              (Edit("resources/agent-pubsub.yaml", '      value: ""\n',
+                    '      value: ""\n    - name: subscriptionScopes\n'
+                    '      value: "durable-agent-service=agents.broadcast"\n'),),
+              because=r"durable_agent_service\.py under dapr run"),
+    SwitchOff("reaches the LLM through the Conversation API",
+              "test_claims.py::test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call",
+              "the agent calls the same LLM directly (dapr-agents' OpenAIChatClient), not through the sidecar",
+              (Edit(SERVICE, "from dapr_agents import DurableAgent\n",
+                    "from dapr_agents import DurableAgent, OpenAIChatClient\n"),
+               Edit(SERVICE, '    name="Assistant",\n', '    name="Assistant",\n    llm=OpenAIChatClient(),\n')),
+              because=r"0 == 2"),
+    SwitchOff("executes durably as a Dapr workflow",
+              "test_claims.py::test_workflow_runs_are_listed_and_their_history_shown_without_docker",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,),
+              because=r"unsupported state store type: state\.in-memory"),
+    SwitchOff("persists the conversation in the state store (Redis)",
+              "test_service.py::test_the_conversation_of_a_run_is_persisted_in_redis",
+              # Not agent-memory: dapr-agents 1.0.9 keeps its memory summaries in agent-workflow's store too.
+              "agent-workflow, the store of the conversation, the memory and the workflow state, is in the "
+              "sidecar's memory, not in Redis", (WORKFLOW_STATE_IN_MEMORY,),
+              because=r"not NoneType"),
+    SwitchOff("registers itself in the agent registry, and leaves it on a clean shutdown",
+              "test_service.py::test_the_agent_is_in_the_registry_while_the_service_runs",
+              "the registry component carries a name dapr-agents does not look for",
+              (Edit("resources/agent-registry.yaml", "  name: agent-registry\n", "  name: agent-registry-off\n"),),
+              because=r"not NoneType"),
+    SwitchOff("registers itself in the agent registry, and leaves it on a clean shutdown",
+              "test_claims.py::test_a_clean_shutdown_removes_the_agent_from_the_registry",
+              "the app is stopped with SIGTERM, which ends it before `runner.shutdown` (tools/stack/processes.py)",
+              (SIGTERM_INSTEAD_OF_SIGINT,),
+              because=r"assert not 1"),
+    SwitchOff("takes configuration from a configuration store, live",
+              "test_claims.py::test_a_system_prompt_set_in_the_configuration_store_reaches_the_running_agent",
+              "the service does not subscribe to the configuration store",
+              (Edit(SERVICE, '    configuration=RuntimeSubscriptionConfig(store_name="agent-config", '
+                    'keys=["agent_system_prompt"]),\n', ""),),
+              because=r"waiting for the agent to apply the new system prompt"),
+    SwitchOff("reads the LLM key through the Secrets API, never from a file",
+              "test_claims.py::test_the_llm_key_comes_from_the_secret_store_and_is_written_nowhere",
+              "the LLM component's key is a literal in its YAML, not a secretKeyRef",
+              (Edit("resources/llm/openai-compatible.yaml",
+                    "    - name: key\n      secretKeyRef:\n        name: API_KEY\n        key: API_KEY\n",
+                    "    - name: key\n      value: not-from-the-secret-store\n"),),
+              because=r"Bearer not-from-the-secret-store"),
+    SwitchOff("emits distributed traces to Zipkin",
+              "test_claims.py::test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call",
+              "no Zipkin: the stack starts without it, as on a machine without Java",
+              (Edit("tools/stack/services.py", '    java = shutil.which("java")\n', "    java = None\n"),),
+              because=r"ConnectError"),
+    SwitchOff("exposes Prometheus metrics",
+              "test_claims.py::test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run",
+              "the sidecar's configuration turns metrics off (`spec.metrics.enabled: false`)",
+              (Edit("metrics-off.yaml", None, METRICS_OFF_CONFIG),
+               Edit("tools/stack/commands.py", '    argv = [str(runtime.cli), "run", ',
+                    '    config = config or ROOT / "metrics-off.yaml"\n    argv = [str(runtime.cli), "run", ')),
+              because=r"# TYPE dapr_runtime_workflow_execution_count counter"),
+    SwitchOff("logs every API call (state, pub/sub, workflow, LLM)",
+              "test_claims.py::test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run",
+              "`dapr run` without `--enable-api-logging`",
+              (Edit("tools/stack/commands.py", ' "--enable-api-logging",', ""),),
+              because=r"waiting for the publish in the API log"),
+    SwitchOff("retries LLM errors (429, 5xx)",
+              "test_claims.py::test_llm_errors_are_retried_by_the_sidecar_and_the_run_completes",
+              "the LLM retry policy retries nothing (`maxRetries: 0`)",
+              (Edit("resources/resiliency.yaml", "        maxRetries: 3\n", "        maxRetries: 0\n"),),
+              because=r"taskFailed"),
+    SwitchOff("cuts a hanging LLM call and fails the run with a reason; circuit breaker",
+              "test_claims.py::test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason",
+              "the LLM's circuit breaker is removed from resources/resiliency.yaml",
+              (Edit("resources/resiliency.yaml", "          circuitBreaker: llm-breaker\n", ""),),
+              because=r"assert 'circuit breaker is open' in"),
+    SwitchOff("survives a crash of the app or the sidecar mid-run",
+              "test_durability.py::test_a_run_completes_after_its_process_is_killed_mid_llm_call",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,),
+              because=r"Workflow instance not found"),
+    SwitchOff("loses nothing acknowledged when Redis dies",
+              "test_durability.py::test_no_acknowledged_run_is_lost_when_redis_is_killed_mid_run",
+              "Redis runs with `--appendonly no` (tools/stack/services.py)",
+              (Edit("tools/stack/services.py", '"--appendonly", "yes"', '"--appendonly", "no"'),),
+              because=r"Workflow instance not found"),
+    SwitchOff("keeps tasks published while it is down",
+              "test_durability.py::test_a_task_published_while_the_app_is_down_runs_when_it_is_back",
+              "agent-pubsub is Dapr's in-memory pub/sub: a message lives in the memory of the sidecar it reached",
+              (Edit("resources/agent-pubsub.yaml", "  type: pubsub.redis\n", "  type: pubsub.in-memory\n"),),
+              because=r"waiting for the waiting task to start a run"),
+    SwitchOff("drains on Ctrl+C / SIGTERM and leaves nothing running",
+              "test_durability.py::test_sigterm_on_make_serve_drains_and_leaves_nothing_listening",
+              "the app is stopped with SIGTERM, which ends it without waiting for its runs (tools/stack/processes.py)",
+              (SIGTERM_INSTEAD_OF_SIGINT,),
+              because=r"make serve exited with status|the app exited without waiting"),
+    SwitchOff(LOAD_CLAIM, "test_concurrency.py::test_40_runs_started_at_once_all_wait_on_the_llm_together",
+              "the service's workflow worker keeps its default thread pool (CPU count + 4) instead of 100 threads",
+              (Edit(SERVICE, "WorkflowRuntime(maximum_thread_pool_workers=100)", "WorkflowRuntime()"),),
+              because=r"LLM calls held at once"),
+    SwitchOff(LOAD_CLAIM,
+              "test_load.py::test_400_concurrent_tasks_over_http_and_pubsub_all_complete_exactly_once",
+              "the topic's Redis stream is trimmed to about 1 entry and read one message at a time",
+              (Edit("resources/agent-pubsub.yaml", '      value: ""\n',
+                    '      value: ""\n    - name: maxLenApprox\n      value: "1"\n    - name: queueDepth\n'
+                    '      value: "1"\n    - name: concurrency\n      value: "1"\n'),),
+              because=r"tasks never reached the LLM|runs unfinished"),
+    SwitchOff(HA_CLAIM,
+              "test_ha.py::test_every_run_completes_and_http_runs_exactly_once_while_placement_scheduler_replica_and_host_fail",
+              "the workflow state store is in each sidecar's memory, so the replicas share no run state",
+              (WORKFLOW_STATE_IN_MEMORY,),
+              because=r"ReadTimeout|every run to finish|INSTANCE_ID_NOT_FOUND"),
+    SwitchOff(HA_CLAIM,
+              "test_load.py::test_runs_in_flight_finish_on_the_survivor_when_a_replica_is_killed",
+              "the workflow state store is in each sidecar's memory, so the replicas share no run state",
+              (WORKFLOW_STATE_IN_MEMORY,),
+              because=r"ERR_INSTANCE_ID_NOT_FOUND|runs unfinished"),
+    SwitchOff(BAD_INPUT_CLAIM, "test_bad_input.py::test_post_run_answers_malformed_input_clearly_and_starts_no_run",
+              NO_INPUT_GUARD[0], NO_INPUT_GUARD[1], because=r"assert \d{3} == \d{3}|assert '.*' in ", every_case=False),
+    SwitchOff(BAD_INPUT_CLAIM,
+              "test_bad_input.py::test_malformed_messages_on_the_topic_start_no_run_and_block_no_later_message",
+              NO_INPUT_GUARD[0], NO_INPUT_GUARD[1],
+              because=r"only the good message may start a run|the good message to reach the agent|the limit is|"
+                      r"dropped a message on the agent's topic"),
+    SwitchOff("has a SPIFFE workload identity through mTLS (secure mode)",
+              "test_security.py::test_the_sidecar_holds_a_spiffe_identity_that_names_the_app",
+              "secure mode's sidecar configuration turns mTLS off",
+              (Edit("resources/secure/service-config.yaml", "  mtls:\n    enabled: true\n",
+                    "  mtls:\n    enabled: false\n"),),
+              because=r"durable_agent_service\.py under dapr run: not ready"),
+    SwitchOff("lets only allowed callers invoke it through Dapr (secure mode)",
+              "test_security.py::test_only_the_allowed_caller_may_invoke_the_agent_through_dapr",
+              "the access-control policy allows every caller by default", (ACCESS_ALLOWED_BY_DEFAULT,),
+              because=r"assert 200 == 403"),
+    SwitchOff("refuses sidecar API calls without the API token, when one is set",
+              "test_security.py::test_with_an_api_token_the_sidecar_refuses_calls_without_it",
+              "the service's sidecar is started without the DAPR_API_TOKEN it was given (tools/stack/commands.py)",
+              (Edit("tools/stack/commands.py", 'process = spawn("service", argv, env=env, ',
+                    'process = spawn("service", argv, '
+                    'env={k: v for k, v in env.items() if k != "DAPR_API_TOKEN"}, '),),
+              because=r"204 == 401"),
+    SwitchOff("needs mTLS for that: without it the same policy cannot tell callers apart",
+              "test_security.py::test_without_mtls_the_same_policy_cannot_tell_the_allowed_caller_from_others",
+              "the access-control policy allows every caller by default", (ACCESS_ALLOWED_BY_DEFAULT,),
+              because=r"agent-caller', '\{.instance_id."),
+    SwitchOff("listens on loopback only: nothing of the stack is reachable from the network",
+              "test_loopback.py::test_no_process_of_the_stack_listens_beyond_loopback",
+              "the sidecars listen on every interface (TDA_SIDECAR_ADDRESS=0.0.0.0, with an API token)",
+              # DAPR_HOST_IP: off loopback the wrapper leaves it to daprd, which finds no address in a namespace.
+              env={"TDA_SIDECAR_ADDRESS": "0.0.0.0", "DAPR_API_TOKEN": "switch-off-token",
+                   "DAPR_HOST_IP": "127.0.0.1"},
+              because=r"tcp (0\.0\.0\.0|::):"),
+    SwitchOff("keeps the Redis password in a secret store, not in YAML (secure mode)",
+              "test_security.py::test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out",
+              "secure mode's configuration drops the secret scope, so the app may read the password",
+              (Edit("resources/secure/service-config.yaml",
+                    "  secrets:\n    scopes:\n      - storeName: redis-secretstore\n        defaultAccess: deny\n",
+                    ""),),
+              because=r"200 == 403"),
+    SwitchOff("ships Kubernetes manifests and HA Helm values that a real kube-apiserver accepts (dry run only: "
+              "never run on a cluster)",
+              "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run",
+              "a field of the Deployment is misspelt (`containerPort` as `containerPrt`)",
+              (Edit("deploy/kubernetes/manifests/durable-agent-service.yaml", "containerPort: 8001",
+                    "containerPrt: 8001"),),
+              because=r"REJECTED"),
+]

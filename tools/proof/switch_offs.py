@@ -1,0 +1,280 @@
+"""Each claim's test fails with its capability off: `make switch-offs`.
+
+    python -m tools.proof.switch_offs [--only TEXT ...] [--no-write]
+
+For every switch-off of tools/proof/switch_off_table.py (one per test the README's
+claims table names): copy the repository as it is (tracked and untracked
+files, not the ignored ones; the copy gets its own `.stack` and uses this
+clone's `.venv` and the runtime cache), switch the capability off in the copy,
+run the named test there, and check that it FAILS, for the reason the
+switch-off declares (a stack that did not start in time proves nothing). It
+copies the files of the working tree, so it checks uncommitted edits too, and
+never touches this clone. Each copy runs in a private
+network and PID namespace (`unshare`, as root), so it never meets a stack on
+this machine's ports; without namespaces the copies run one by one on the
+normal ports, which must be free. Prints a table; with every switch-off run
+(no --only), writes it to docs/switch-offs.json and to the section "How we
+know the tests can fail" of docs/durability.md. Exits 1 if any test passed
+with its capability off, or a switch-off no longer applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tools.proof.switch_off_table import SWITCH_OFFS, SwitchOff
+from tools.stack.processes import port_in_use, say
+from tools.stack.settings import ROOT, SERVICE_PORTS, STACK_PORTS
+
+RESULTS_FILE = ROOT / "docs" / "switch-offs.json"
+PAGE = ROOT / "docs" / "durability.md"
+BEGIN, END = "<!-- switch-offs: written by `make switch-offs` -->", "<!-- end of switch-offs -->"
+# What the copies must not inherit: this clone's state folder, and the figures switch.
+NOT_INHERITED = ("TDA_STATE_DIR", "TDA_WRITE_FIGURES", "PYTEST_ADDOPTS")
+# What they get: more time for each process to start (Zipkin's JVM, on a busy machine), so that a
+# switch-off run fails because of its switch-off, not because the machine was slow.
+COPY_ENV = {"TDA_STARTUP_TIMEOUT": "120"}
+RUN_TIMEOUT_S = 900  # one switch-off's pytest run; each test has pytest's own 300 s
+
+
+class OutOfDate(Exception):
+    """A switch-off's text is no longer in the file it edits."""
+
+
+def switched_off(entry: SwitchOff, read) -> dict[str, str]:
+    """The files `entry` changes, as they are with the switch-off applied: path -> text.
+    `read(path)` gives a file's current text."""
+    changed: dict[str, str] = {}
+    for edit in entry.edits:
+        if edit.old is None:
+            changed[edit.file] = edit.new
+            continue
+        text = changed[edit.file] if edit.file in changed else read(edit.file)
+        if text.count(edit.old) != 1:
+            raise OutOfDate(f"{edit.file}: the text {edit.old!r} is there {text.count(edit.old)} times, not once")
+        changed[edit.file] = text.replace(edit.old, edit.new)
+    return changed
+
+
+def copy_repository(target: Path) -> None:
+    """The repository as it is now, uncommitted changes included, in `target`; its `.venv` is ours."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout
+    for name in filter(None, listed.split(b"\0")):
+        source = ROOT / os.fsdecode(name)
+        if source.is_file():  # not deleted in the working tree
+            destination = target / os.fsdecode(name)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+
+
+def namespaces_available() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+def _killed_with_parent(parent_pid: int):
+    """A preexec_fn: SIGKILL the child when we die (`unshare` ignores SIGTERM while it waits for the
+    namespace's first process, which its --kill-child then kills with everything in the namespace)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # we died before it was armed
+            os._exit(1)
+
+    return preexec
+
+
+def pytest_argv(copy: Path, tests: list[str], report: Path, isolated: bool) -> list[str]:
+    argv = [str(copy / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+            f"--junitxml={report}", *[f"tests/{test}" for test in tests]]
+    if isolated:
+        # A private network (only loopback, brought up) and PID namespace. When unshare ends (it dies
+        # with us: _killed_with_parent), the namespace's first process is killed, and everything in it too.
+        argv = ["unshare", "-n", "-p", "-f", "--kill-child", "--mount-proc",
+                "sh", "-c", 'ip link set lo up && cd "$0" && exec "$@"', str(copy), *argv]
+    return argv
+
+
+def outcomes(report: Path) -> list[tuple[str, str, str, str]]:
+    """(test, outcome, message, details) for each test in a junit XML report.
+    outcome: passed, failed, error or skipped; details: the traceback and assertion pytest reported."""
+    if not report.exists():
+        return []
+    rows = []
+    for case in ElementTree.parse(report).iter("testcase"):
+        outcome, message, details = "passed", "", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped") and outcome in ("passed", "skipped"):
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
+                message, details = child.get("message") or "", child.text or ""
+        rows.append((case.get("name", ""), outcome, message, details))
+    return rows
+
+
+def verdict(results: list[tuple[str, str, str, str]], because: str = "", every_case: bool = True) -> tuple[bool, str]:
+    """Whether the run FAILED as it should, and how, in one line.
+
+    The test fails as it should when every case of it fails (each parametrization), each for the
+    reason `because` (a regex searched in pytest's report of the failure); with `every_case` False
+    (a corpus of inputs, of which the switch-off changes some), when some cases fail for that reason
+    and none for another. A failure for another reason (the stack did not start in time, say)
+    proves nothing about the test, and does not count.
+    """
+    if not results:
+        return False, "no test ran (see the run's log)"
+    counts = {kind: sum(1 for result in results if result[1] == kind) for kind in ("failed", "error", "passed",
+                                                                                   "skipped")}
+    failures = [(message, details) for _, outcome, message, details in results if outcome in ("failed", "error")]
+    if not failures or (every_case and (counts["passed"] or counts["skipped"])):
+        return False, f"{counts['passed']} passed, {counts['skipped']} skipped, with the capability off"
+    reports = [f"{message}\n{details}" for message, details in failures]
+    expected = [report for report in reports if re.search(because, report)]
+    if not expected or len(expected) < len(failures):
+        other = next(report for report in reports if not re.search(because, report))
+        return False, f"failed, but not because {because!r}: {_shorten(other.split(chr(10))[0])}"
+    return True, f"{len(expected)} of {len(results)} failed: {_reason(expected[0], because)}"
+
+
+def _reason(report: str, because: str) -> str:
+    """The line of pytest's report where it says `because`, shortened around what it says."""
+    match = re.search(because, report)
+    line_start = report.rfind("\n", 0, match.start()) + 1
+    line_end = report.find("\n", match.end())
+    line = report[line_start:line_end if line_end >= 0 else len(report)]
+    start = max(0, match.start() - line_start - 40)
+    return ("…" if start else "") + _shorten(line[start:])
+
+
+def _shorten(text: str, width: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def run_one(entry: SwitchOff, isolated: bool, keep: bool) -> dict:
+    started = time.monotonic()
+    row = {"claim": entry.claim, "test": entry.test, "switch_off": entry.what or f"none: {entry.none}"}
+    if not entry.edits and not entry.env:
+        return row | {"failed": None, "how": entry.none, "seconds": 0}
+    copy = Path(tempfile.mkdtemp(prefix="tda-switch-off-"))
+    try:
+        copy_repository(copy)
+        try:
+            for path, text in switched_off(entry, lambda p: (copy / p).read_text()).items():
+                (copy / path).write_text(text)
+        except OutOfDate as exc:
+            return row | {"failed": False, "how": f"switch-off out of date: {exc}", "seconds": 0}
+        report, log = copy / ".stack" / "switch-off.xml", copy / ".stack" / "switch-off.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED} | COPY_ENV | entry.env
+        if not isolated:
+            _require_free_ports()
+        with open(log, "wb") as out:
+            try:
+                subprocess.run(pytest_argv(copy, [entry.test], report, isolated), cwd=copy, env=env, stdout=out,
+                               stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, check=False,
+                               preexec_fn=_killed_with_parent(os.getpid()) if isolated else None)
+            except subprocess.TimeoutExpired:
+                return row | {"failed": False, "how": f"no result after {RUN_TIMEOUT_S} s (log: {log})",
+                              "seconds": round(time.monotonic() - started)}
+        failed, how = verdict(outcomes(report), entry.because, entry.every_case)
+        if not failed:
+            how += f" (log: {log})"
+            keep = True
+        return row | {"failed": failed, "how": how, "seconds": round(time.monotonic() - started)}
+    finally:
+        if not keep:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+def _require_free_ports() -> None:
+    taken = {what: port for what, port in (STACK_PORTS | SERVICE_PORTS).items() if port_in_use(port)}
+    if taken:
+        raise SystemExit(f"without namespaces the copies need the stack's ports, but these are taken: {taken}. "
+                         "Stop the stack (`make stop`) or run as root where `unshare` works.")
+
+
+def table(rows: list[dict]) -> str:
+    """The results as a Markdown table: claim, switch-off, test, failed as it should."""
+    lines = ["| claim | switch-off | test | failed as it should |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        answer = {True: "yes", False: "**NO**", None: "no switch-off"}[row["failed"]]
+        cells = [row["claim"], row["switch_off"], f"`{row['test']}`", f"{answer}: {row['how']}"]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def page_section(results: dict) -> str:
+    """What the section of docs/durability.md holds between its markers."""
+    rows = results["rows"]
+    when = sorted(row["finished"] for row in rows)
+    took = round(sum(row["seconds"] for row in rows) / 60, 1)
+    span = when[0] if when[0][:10] == when[-1][:10] and len(rows) == 1 else f"{when[0]} to {when[-1]}"
+    return (f"{BEGIN}\n\nWritten by the switch-off runs of {span}, "
+            f"{'in private namespaces' if results['isolated'] else 'on the normal ports'}; "
+            f"one after the other, these rows take {took} min.\n\n{table(rows)}\n\n{END}")
+
+
+def write(rows: list[dict], isolated: bool, merge: bool) -> None:
+    """The rows into docs/switch-offs.json and the page, in the table's order; with `merge`, the
+    rows of earlier runs stay for the switch-offs not run now (if they are still declared)."""
+    earlier = json.loads(RESULTS_FILE.read_text())["rows"] if merge and RESULTS_FILE.exists() else []
+    by_key = {(row["claim"], row["test"]): row for row in [*earlier, *rows]}
+    results = {"isolated": isolated, "rows": [by_key[key] for key in ((e.claim, e.test) for e in SWITCH_OFFS)
+                                              if key in by_key]}
+    RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
+    page = PAGE.read_text()
+    if BEGIN not in page or END not in page:
+        raise SystemExit(f"{PAGE}: the markers of the switch-off table are missing ({BEGIN} ... {END})")
+    before, rest = page.split(BEGIN, 1)
+    PAGE.write_text(before + page_section(results) + rest.split(END, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.proof.switch_offs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", default=[], help="run only the switch-offs whose test or claim has TEXT")
+    parser.add_argument("--no-write", action="store_true", help="print the table, write no docs")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: write the rows run now into the docs, beside the earlier ones")
+    parser.add_argument("--keep", action="store_true", help="keep every copy (copies of failures are always kept)")
+    args = parser.parse_args(argv)
+    chosen = [e for e in SWITCH_OFFS if not args.only or any(t in e.test or t in e.claim for t in args.only)]
+    isolated = namespaces_available()
+    say(f"{len(chosen)} switch-offs, each in a throw-away copy of {ROOT}, "
+        + ("in private network and PID namespaces" if isolated
+           else "one by one on the normal ports (no namespaces here: needs root and `unshare`)"))
+    started, rows = time.monotonic(), []
+    for number, entry in enumerate(chosen, 1):
+        row = run_one(entry, isolated, args.keep) | {"finished": datetime.now(UTC).isoformat(timespec="seconds")}
+        rows.append(row)
+        answer = {True: "failed, as it should", False: "DID NOT FAIL", None: "no switch-off"}[row["failed"]]
+        say(f"[{number}/{len(chosen)}] {entry.test}: {answer} in {row['seconds']} s ({row['how']})")
+    minutes = round((time.monotonic() - started) / 60, 1)
+    print(table(rows))
+    wrong = [row for row in rows if row["failed"] is False]
+    say(f"{len(rows) - len(wrong)} of {len(rows)} as they should be, in {minutes} min"
+        + (f"; NOT: {', '.join(row['test'] for row in wrong)}" if wrong else ""))
+    if (args.merge or not args.only) and not args.no_write:
+        write(rows, isolated, merge=args.merge)
+        say(f"written: {RESULTS_FILE.relative_to(ROOT)} and the table in {PAGE.relative_to(ROOT)}")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

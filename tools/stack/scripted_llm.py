@@ -1,0 +1,269 @@
+"""An OpenAI-compatible chat server whose answers are scripted.
+
+The tests point Dapr's real `conversation.openai` component at this server
+(through the component's `endpoint` field), so every run goes through the
+real sidecar while the test decides what the "model" answers, counts the
+calls, holds an answer back, or makes calls fail.
+
+It runs in a thread inside the process that uses it (`ScriptedLLM().start()`):
+the test suite, `make bench`, `make images`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tools.stack.settings import SCRIPTED_LLM_PORT
+
+DEFAULT_ANSWER = "Lines of logic flow,\nsilent thoughts in coded streams,\ndreams compile to life."
+
+# dapr-agents asks for a structured summary after each run; its prompt starts so.
+SUMMARY_PROMPT_PREFIX = "Summarize the following conversation"
+
+
+@dataclass
+class Call:
+    """One request the server received."""
+
+    messages: list[dict]
+    is_summary: bool
+    authorization: str  # the Authorization header the component sent: "Bearer <key>"
+    answered_status: int = 0
+    answered_at: float = 0.0  # time.monotonic() when the answer left
+
+
+@dataclass
+class _Script:
+    answers: list[str] = field(default_factory=list)
+    answers_by_text: dict[str, str] = field(default_factory=dict)
+    default_answer: str = DEFAULT_ANSWER
+    failures: list[int] = field(default_factory=list)  # HTTP codes for the next calls
+    delay_s: float = 0.0
+
+
+class ScriptedLLM:
+    """The server plus the knobs a test turns."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = SCRIPTED_LLM_PORT) -> None:
+        self.host, self.port = host, port
+        self.calls: list[Call] = []
+        self._script = _Script()
+        self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._gate.set()
+        # Calls waiting for release(): (their event loop, the future that wakes them).
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = self._build_app()
+
+    # -- knobs -------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """The value for the component's `endpoint` field."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) with the LLM settings that select this server."""
+        base = dict(os.environ if base is None else base)
+        return {k: v for k, v in base.items() if not k.startswith("OPENAI_")} | {
+            "OPENAI_BASE_URL": self.endpoint, "OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_MODEL": "scripted"}
+
+    def reset(self, default_answer: str = DEFAULT_ANSWER) -> None:
+        with self._lock:
+            self.calls.clear()
+            self._script = _Script(default_answer=default_answer)
+            self._peak_in_flight = self._in_flight
+        self.release()
+
+    def answer_next(self, *answers: str) -> None:
+        """Queue answers for the next task calls (summary calls are separate)."""
+        with self._lock:
+            self._script.answers.extend(answers)
+
+    def answer_when(self, text: str, answer: str) -> None:
+        """Answer every task call that mentions `text` with `answer` (also a retried one)."""
+        with self._lock:
+            self._script.answers_by_text[text] = answer
+
+    def fail_next(self, *status_codes: int) -> None:
+        """Make the next calls fail with these HTTP status codes, in order."""
+        with self._lock:
+            self._script.failures.extend(status_codes)
+
+    def set_delay(self, seconds: float) -> None:
+        with self._lock:
+            self._script.delay_s = seconds
+
+    def hold(self) -> None:
+        """Hold every answer until release(): a run stays mid-LLM-call."""
+        with self._lock:
+            self._gate.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self._gate.set()
+            held, self._held = self._held, []
+        for loop, waiter in held:
+            loop.call_soon_threadsafe(lambda w=waiter: w.done() or w.set_result(None))
+
+    @property
+    def in_flight(self) -> int:
+        """Calls received and not yet answered (held, delayed or being answered)."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most calls in flight at once since the last reset() or reset_peak()."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak_in_flight = self._in_flight
+
+    def task_calls(self) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if not c.is_summary]
+
+    def calls_mentioning(self, text: str) -> list[Call]:
+        """Calls whose messages contain `text` (a task is identified by its words)."""
+        with self._lock:
+            return [c for c in self.calls if any(text in str(m.get("content")) for m in c.messages)]
+
+    # -- the OpenAI-compatible API -----------------------------------------
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="scripted LLM")
+
+        @app.get("/health")
+        def health() -> dict:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        def models() -> dict:
+            return {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "tests"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> JSONResponse:
+            body = await request.json()
+            messages = body.get("messages") or []
+            first_user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+            call = Call(
+                messages=messages,
+                is_summary=first_user.startswith(SUMMARY_PROMPT_PREFIX),
+                authorization=request.headers.get("authorization", ""),
+            )
+            with self._lock:
+                self.calls.append(call)
+                failure = self._script.failures.pop(0) if self._script.failures else 0
+                delay = self._script.delay_s
+                self._in_flight += 1
+                self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+                waiter = None
+                if not self._gate.is_set():
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._held.append((asyncio.get_running_loop(), waiter))
+            try:
+                # Held and delayed calls wait on the event loop, not in a thread: dozens can
+                # wait at once (a thread each would cap them at the default pool's size).
+                if waiter is not None:
+                    await waiter
+                if delay:
+                    await asyncio.sleep(delay)
+                return self._answer(call, body, messages, failure)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+
+        return app
+
+    def _answer(self, call: Call, body: dict, messages: list[dict], failure: int) -> JSONResponse:
+        call.answered_at = time.monotonic()
+        if failure:
+            call.answered_status = failure
+            return JSONResponse(
+                status_code=failure,
+                content={"error": {"message": f"scripted failure {failure}", "type": "scripted"}},
+            )
+        if call.is_summary:
+            content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
+        else:
+            with self._lock:
+                content = next((answer for text, answer in self._script.answers_by_text.items()
+                                if any(text in str(m.get("content")) for m in messages)), None)
+                if content is None:
+                    content = self._script.answers.pop(0) if self._script.answers else self._script.default_answer
+        call.answered_status = 200
+        return JSONResponse(_completion(body.get("model") or "scripted", content))
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self, timeout_s: float = 10.0) -> ScriptedLLM:
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="scripted-llm", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"scripted LLM did not start on {self.host}:{self.port} (port taken?)")
+            time.sleep(0.05)
+        if self.port == 0:  # the system chose a free port
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.release()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _last_task(messages: list[dict]) -> str:
+    text = str(messages[-1].get("content", "")) if messages else ""
+    return text.split("user:", 1)[-1].split("\n", 1)[0].strip()[:200]
+
+
+def _completion(model: str, content: str) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+@contextlib.contextmanager
+def service_with_scripted_llm(tracing: bool = True, log_name: str = "service") -> Iterator[ScriptedLLM]:
+    """The stack and the service (the README's `dapr run`), answering from a scripted LLM.
+
+    For `make bench` and `make images`: everything it starts, it stops.
+    """
+    from tools.stack import commands as stack  # the stack tooling imports nothing of ours; keep it that way
+
+    # A port of its own, so that it never meets the test suite's scripted LLM.
+    llm = ScriptedLLM(port=0).start()
+    try:
+        with stack.service_running(llm.client_env(), tracing=tracing, log_name=log_name):
+            yield llm
+    finally:
+        llm.stop()
