@@ -46,7 +46,9 @@ def test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call(servi
         traces = [t for t in response.json() if any(s["name"].startswith("orchestration||") for s in t)]
         return traces[0] if traces else None
 
-    spans = wait_for(trace_of_run, f"the trace of run {instance_id} in Zipkin", timeout_s=30, interval_s=0.5)
+    # The sidecar sends its spans in batches, a few seconds apart; 30 s is several batches.
+    spans = wait_for(trace_of_run, f"a trace of run {instance_id} in Zipkin (the sidecar sent none)",
+                     timeout_s=30, interval_s=0.5)
     names = [span["name"] for span in spans]
     workflow = next(s for s in spans if s["name"] == "orchestration||dapr.agents.assistant.workflow")
     assert workflow["tags"]["durabletask.runtime_status"] == "COMPLETED"
@@ -160,6 +162,11 @@ def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(ser
     scripted_llm.hold()
     try:
         instance_id = service.start_run("This answer never comes")
+        # The policy's timeout (resources/resiliency.yaml, `llm: 60s`) cuts the first held call, and the
+        # retry policy asks again: a second call arrives while the first is still held.
+        wait_for(lambda: len(scripted_llm.calls_mentioning("This answer never comes")) >= 2,
+                 "the LLM policy's 60 s timeout to cut the held call (and the retry to ask again)",
+                 timeout_s=120, interval_s=1)
         status = service.wait_until_done(instance_id, timeout_s=240)
         held_calls = [call.answered_status for call in scripted_llm.task_calls()]
         # Right after, the LLM still hangs, but a call does not reach it: the open breaker refuses it at once.

@@ -176,8 +176,13 @@ def _certificate_of(host: str, port: int) -> x509.Certificate:
     context.check_hostname = False  # a SPIFFE certificate names a workload, not a host
     context.load_verify_locations(cafile=secure.SENTRY_CREDENTIALS / "ca.crt")  # the handshake fails otherwise
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
-        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+    with socket.create_connection((host, port), timeout=10) as raw:
+        try:
+            tls = context.wrap_socket(raw)
+        except ssl.SSLError as exc:
+            pytest.fail(f"{host}:{port} speaks no TLS with a certificate of our sentry: {exc}")
+        with tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
 def _spiffe_ids(certificate: x509.Certificate) -> list[str]:

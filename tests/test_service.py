@@ -43,6 +43,10 @@ def test_status_of_an_unknown_instance_is_404(service):
 def test_a_task_published_to_assistant_topic_starts_a_run_that_completes(service, scripted_llm, redis_client):
     task = unique_task("Write a haiku about queues")
     scripted_llm.answer_next("Messages wait in line")
+    # The app subscribed (a streaming subscription, opened before its HTTP port) and its sidecar lists it.
+    subscriptions = service.sidecar.get("/v1.0/metadata").json().get("subscriptions", [])
+    assert ("agent-pubsub", "assistant.topic") in {(s["pubsubname"], s["topic"]) for s in subscriptions}, \
+        f"the sidecar lists no subscription to agent-pubsub/assistant.topic: {subscriptions}"
 
     response = service.sidecar.post("/v1.0/publish/agent-pubsub/assistant.topic", json={"task": task})
 

@@ -51,16 +51,20 @@ SIGTERM_INSTEAD_OF_SIGINT = Edit("tools/stack/processes.py", "app.send_signal(si
                                  "app.send_signal(signal.SIGTERM)")
 ACCESS_ALLOWED_BY_DEFAULT = Edit("resources/secure/service-config.yaml", "  accessControl:\n    defaultAction: deny\n",
                                  "  accessControl:\n    defaultAction: allow\n")
-# The default configuration of the runtime (scripts/install-dapr.sh) with the metrics switched off.
-METRICS_OFF_CONFIG = """apiVersion: dapr.io/v1alpha1
+
+
+def sidecar_config(name: str, metrics: bool = True, sampling_rate: str = "1") -> tuple[Edit, ...]:
+    """The runtime's default sidecar configuration (scripts/install-dapr.sh) with metrics or tracing changed,
+    written into the copy as `<name>.yaml` and given to every `dapr run` of tools/stack/commands.py."""
+    config = f"""apiVersion: dapr.io/v1alpha1
 kind: Configuration
 metadata:
-  name: metrics-off
+  name: {name}
 spec:
   metrics:
-    enabled: false
+    enabled: {str(metrics).lower()}
   tracing:
-    samplingRate: "1"
+    samplingRate: "{sampling_rate}"
     zipkin:
       endpointAddress: http://localhost:9411/api/v2/spans
   nameResolution:
@@ -68,6 +72,10 @@ spec:
     configuration:
       connectionString: .stack/nameresolution.db
 """
+    return (Edit(f"{name}.yaml", None, config),
+            Edit("tools/stack/commands.py", '    argv = [str(runtime.cli), "run", ',
+                 f'    config = config or ROOT / "{name}.yaml"\n    argv = [str(runtime.cli), "run", '))
+
 
 SWITCH_OFFS = [
     SwitchOff("prints the agent's answer in one command",
@@ -93,11 +101,11 @@ SWITCH_OFFS = [
               because=r"'detail': 'Not Found'"),
     SwitchOff("subscribes to `assistant.topic` on Redis pub/sub",
               "test_service.py::test_a_task_published_to_assistant_topic_starts_a_run_that_completes",
-              "agent-pubsub lets the app subscribe to `agents.broadcast` only (subscriptionScopes)",
-              (Edit("resources/agent-pubsub.yaml", '      value: ""\n',
-                    '      value: ""\n    - name: subscriptionScopes\n'
-                    '      value: "durable-agent-service=agents.broadcast"\n'),),
-              because=r"durable_agent_service\.py under dapr run"),
+              "the service's runner wires no topic route, so the app opens no subscription (input_guard.py)",
+              (Edit("input_guard.py", "        return [dataclasses.replace(spec, payload_filter=accepts_message)\n"
+                    "                for spec in super()._build_pubsub_specs(agent, config)]\n",
+                    "        return []\n"),),
+              because=r"the sidecar lists no subscription to agent-pubsub/assistant\.topic"),
     SwitchOff("reaches the LLM through the Conversation API",
               "test_claims.py::test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call",
               "the agent calls the same LLM directly (dapr-agents' OpenAIChatClient), not through the sidecar",
@@ -109,7 +117,7 @@ SWITCH_OFFS = [
               "test_claims.py::test_workflow_runs_are_listed_and_their_history_shown_without_docker",
               "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
               (WORKFLOW_STATE_IN_MEMORY,),
-              because=r"unsupported state store type: state\.in-memory"),
+              because=r"the workflow state is not in a durable store"),
     SwitchOff("persists the conversation in the state store (Redis)",
               "test_service.py::test_the_conversation_of_a_run_is_persisted_in_redis",
               # Not agent-memory: dapr-agents 1.0.9 keeps its memory summaries in agent-workflow's store too.
@@ -141,15 +149,13 @@ SWITCH_OFFS = [
               because=r"Bearer not-from-the-secret-store"),
     SwitchOff("emits distributed traces to Zipkin",
               "test_claims.py::test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call",
-              "no Zipkin: the stack starts without it, as on a machine without Java",
-              (Edit("tools/stack/services.py", '    java = shutil.which("java")\n', "    java = None\n"),),
-              because=r"ConnectError"),
+              "the sidecar's configuration samples no trace (`samplingRate: \"0\"`); Zipkin still runs",
+              sidecar_config("tracing-off", sampling_rate="0"),
+              because=r"the sidecar sent none"),
     SwitchOff("exposes Prometheus metrics",
               "test_claims.py::test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run",
               "the sidecar's configuration turns metrics off (`spec.metrics.enabled: false`)",
-              (Edit("metrics-off.yaml", None, METRICS_OFF_CONFIG),
-               Edit("tools/stack/commands.py", '    argv = [str(runtime.cli), "run", ',
-                    '    config = config or ROOT / "metrics-off.yaml"\n    argv = [str(runtime.cli), "run", ')),
+              sidecar_config("metrics-off", metrics=False),
               because=r"# TYPE dapr_runtime_workflow_execution_count counter"),
     SwitchOff("logs every API call (state, pub/sub, workflow, LLM)",
               "test_claims.py::test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run",
@@ -166,6 +172,11 @@ SWITCH_OFFS = [
               "the LLM's circuit breaker is removed from resources/resiliency.yaml",
               (Edit("resources/resiliency.yaml", "          circuitBreaker: llm-breaker\n", ""),),
               because=r"assert 'circuit breaker is open' in"),
+    SwitchOff("cuts a hanging LLM call and fails the run with a reason; circuit breaker",
+              "test_claims.py::test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason",
+              "the LLM's timeout is removed from resources/resiliency.yaml",
+              (Edit("resources/resiliency.yaml", "          timeout: llm\n", ""),),
+              because=r"the LLM policy's 60 s timeout to cut the held call"),
     SwitchOff("survives a crash of the app or the sidecar mid-run",
               "test_durability.py::test_a_run_completes_after_its_process_is_killed_mid_llm_call",
               "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
@@ -197,6 +208,14 @@ SWITCH_OFFS = [
                     '      value: ""\n    - name: maxLenApprox\n      value: "1"\n    - name: queueDepth\n'
                     '      value: "1"\n    - name: concurrency\n      value: "1"\n'),),
               because=r"tasks never reached the LLM|runs unfinished"),
+    SwitchOff(LOAD_CLAIM,
+              "test_load.py::test_400_concurrent_tasks_over_http_and_pubsub_all_complete_exactly_once",
+              "Redis hands a message out again when it is not acknowledged within 2 s (processingTimeout, "
+              "redeliverInterval), instead of 60 s: a published task still waiting runs twice",
+              (Edit("resources/agent-pubsub.yaml", '      value: ""\n',
+                    '      value: ""\n    - name: processingTimeout\n      value: "2s"\n'
+                    '    - name: redeliverInterval\n      value: "2s"\n'),),
+              because=r"# none twice"),
     SwitchOff(HA_CLAIM,
               "test_ha.py::test_every_run_completes_and_http_runs_exactly_once_while_placement_scheduler_replica_and_host_fail",
               "the workflow state store is in each sidecar's memory, so the replicas share no run state",
@@ -216,10 +235,13 @@ SWITCH_OFFS = [
                       r"dropped a message on the agent's topic"),
     SwitchOff("has a SPIFFE workload identity through mTLS (secure mode)",
               "test_security.py::test_the_sidecar_holds_a_spiffe_identity_that_names_the_app",
-              "secure mode's sidecar configuration turns mTLS off",
+              "secure mode without mTLS: the sidecar's configuration turns it off, and placement and scheduler "
+              "speak plain gRPC so that the stack still starts (tools/stack/secure.py)",
               (Edit("resources/secure/service-config.yaml", "  mtls:\n    enabled: true\n",
-                    "  mtls:\n    enabled: false\n"),),
-              because=r"durable_agent_service\.py under dapr run: not ready"),
+                    "  mtls:\n    enabled: false\n"),
+               Edit("tools/stack/secure.py", '    return ["--tls-enabled", "--trust-domain"',
+                    '    return []\n    return ["--tls-enabled", "--trust-domain"')),
+              because=r"speaks no TLS with a certificate of our sentry"),
     SwitchOff("lets only allowed callers invoke it through Dapr (secure mode)",
               "test_security.py::test_only_the_allowed_caller_may_invoke_the_agent_through_dapr",
               "the access-control policy allows every caller by default", (ACCESS_ALLOWED_BY_DEFAULT,),
@@ -249,6 +271,15 @@ SWITCH_OFFS = [
                     "  secrets:\n    scopes:\n      - storeName: redis-secretstore\n        defaultAccess: deny\n",
                     ""),),
               because=r"200 == 403"),
+    SwitchOff("keeps the Redis password in a secret store, not in YAML (secure mode)",
+              "test_security.py::test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_out",
+              "secure mode writes the Redis password into each component's YAML instead of a secretKeyRef",
+              (Edit("tools/stack/secure.py",
+                    '        password[0].pop("value", None)\n'
+                    '        password[0]["secretKeyRef"] = {"name": REDIS_SECRET_NAME, "key": REDIS_SECRET_NAME}\n'
+                    '        component["auth"] = {"secretStore": "redis-secretstore"}\n',
+                    '        password[0]["value"] = redis_password()\n'),),
+              because=r"assert not \['agent-"),
     SwitchOff("ships Kubernetes manifests and HA Helm values that a real kube-apiserver accepts (dry run only: "
               "never run on a cluster)",
               "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run",
