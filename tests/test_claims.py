@@ -192,8 +192,12 @@ def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(ser
 
 
 # -- inspecting runs without Docker ------------------------------------------------------
-def test_workflow_runs_are_listed_and_their_history_shown_without_docker(service, scripted_llm, local_stack):
+def test_workflow_runs_are_listed_and_their_history_shown_without_docker(service, scripted_llm, local_stack,
+                                                                       redis_client):
     instance_id = completed_run(service, scripted_llm)
+    # Durable: the workflow engine wrote the run's history to Redis, where a restarted sidecar reads it back.
+    history_keys = list(redis_client.scan_iter(match=f"*||{instance_id}||history-*", count=1000))
+    assert history_keys, f"no history of run {instance_id} in Redis: the workflow state is not in a durable store"
 
     listed = subprocess.run(
         ["dapr", "workflow", "list", "--app-id", SERVICE_APP_ID, "-c", "redis://127.0.0.1:6379"],

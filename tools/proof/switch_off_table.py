@@ -101,10 +101,13 @@ SWITCH_OFFS = [
               because=r"'detail': 'Not Found'"),
     SwitchOff("subscribes to `assistant.topic` on Redis pub/sub",
               "test_service.py::test_a_task_published_to_assistant_topic_starts_a_run_that_completes",
-              "the service's runner wires no topic route, so the app opens no subscription (input_guard.py)",
+              "the service's runner wires no topic route, so the app opens no subscription (input_guard.py); "
+              "the stack's readiness, which waits for that subscription, no longer does (tools/stack/commands.py)",
               (Edit("input_guard.py", "        return [dataclasses.replace(spec, payload_filter=accepts_message)\n"
                     "                for spec in super()._build_pubsub_specs(agent, config)]\n",
-                    "        return []\n"),),
+                    "        return []\n"),
+               Edit("tools/stack/commands.py", '    return any(sub.get("topic") == "assistant.topic" for sub in '
+                    'metadata.get("subscriptions") or [])\n', "    return True\n")),
               because=r"the sidecar lists no subscription to agent-pubsub/assistant\.topic"),
     SwitchOff("reaches the LLM through the Conversation API",
               "test_claims.py::test_a_run_is_traced_in_zipkin_from_the_workflow_down_to_each_llm_call",
