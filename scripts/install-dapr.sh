@@ -11,11 +11,13 @@
 #   $TDA_HOME/dapr-<runtime>/bin/dapr           (the CLI)
 #   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole, and its recipe)
 # DAPR_BUILD=slim (the default) compiles only the components this example uses
-# (about 5 minutes); DAPR_BUILD=full compiles every component, like a release
-# build (much longer), into $TDA_HOME/dapr-<runtime>-full. tools/stack/runtime.py
-# looks in both folders; a full build also serves when a slim one is asked for.
+# (minutes: docs/local-stack.md quotes a recorded build); DAPR_BUILD=full compiles
+# every component, like a release build (much longer), into
+# $TDA_HOME/dapr-<runtime>-full. tools/stack/runtime.py looks in both folders; a
+# full build also serves when a slim one is asked for.
 # Versions come from tools/stack/stack.env. The Go output goes to
-# $TDA_HOME/logs/build-dapr-<runtime>[-full].log; each step prints one line.
+# $TDA_HOME/logs/build-dapr-<runtime>-<slim|full>.log; each step prints one line, and
+# build-dapr-<runtime>-<slim|full>.times.json beside the log keeps the timings.
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
@@ -154,10 +156,30 @@ if ready="$(ready_prefix)"; then
 fi
 [ -f "$PREFIX/.complete" ] && say "runtime: the build in $PREFIX is of an older recipe; building it again"
 
+# The record of this build's timings, beside its log: per step, in all, and the machine's state
+# (cores, load at the end, how much the Go caches held before: a cold build starts from empty ones).
+# `python -m tools.proof.figures builds` quotes it in the docs (docs/local-stack.md).
+RECORD="${LOG%.log}.times.json"
+go_cache_mb() { local mb; mb="$(du -sm "$(go env "$1")" 2>/dev/null | cut -f1)" || true; echo "${mb:-0}"; }
+GO_CACHES_BEFORE="{\"GOCACHE\": $(go_cache_mb GOCACHE), \"GOMODCACHE\": $(go_cache_mb GOMODCACHE)}"
+STEP_TIMES=()
+timed() {  # timed LABEL COMMAND...: one step (lib.sh), its seconds kept for the record
+  local label="$1" begun=$SECONDS
+  step "$LOG" "$@"
+  STEP_TIMES+=("\"$label\": $((SECONDS - begun))")
+}
+write_record() {  # write_record WHAT TOTAL_S
+  local IFS=, load
+  load="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)" || true
+  printf '{"what": "%s", "finished": "%s", "cores": %s, "load_average_1min_at_end": %s, "go": "%s", "go_caches_mb_before": %s, "steps_s": {%s}, "total_s": %s}\n' \
+    "$1" "$(date -u +%FT%TZ)" "$(getconf _NPROCESSORS_ONLN)" "${load:-null}" "$(go env GOVERSION)" \
+    "$GO_CACHES_BEFORE" "${STEP_TIMES[*]}" "$2" > "$RECORD"
+}
+
 started=$SECONDS
 mkdir -p "$(dirname "$LOG")" && : > "$LOG"
-if [ "$DAPR_BUILD" = slim ]; then how_long="about 5 min"; else how_long="every component: much longer"; fi
-say "runtime: Dapr $DAPR_RUNTIME_VERSION ($DAPR_BUILD) and CLI $DAPR_CLI_VERSION are built once per machine ($how_long); log: $LOG"
+if [ "$DAPR_BUILD" = slim ]; then how_long="minutes"; else how_long="every component: much longer"; fi
+say "runtime: Dapr $DAPR_RUNTIME_VERSION ($DAPR_BUILD) and CLI $DAPR_CLI_VERSION are built once per machine ($how_long: each step prints its time); log: $LOG"
 
 # go install refuses modules with replace directives, so build inside a
 # writable copy of the module instead.
@@ -227,15 +249,15 @@ build_cli() {
   cd / && rm -rf "$cli_src"
 }
 
-step "$LOG" "runtime: downloading the Dapr $DAPR_RUNTIME_VERSION sources (Go module proxy)" fetch_sources
+timed "runtime: downloading the Dapr $DAPR_RUNTIME_VERSION sources (Go module proxy)" fetch_sources
 rm -rf "$BUILD"
 mkdir -p "$BUILD/.dapr/bin" "$BUILD/.dapr/libexec" "$BUILD/bin" "$BUILD/.dapr/components"
 number=0
 for cmd in daprd placement scheduler sentry; do
   number=$((number + 1))
-  step "$LOG" "runtime: building $cmd ($number/5)" build_runtime_binary "$cmd"
+  timed "runtime: building $cmd ($number/5)" build_runtime_binary "$cmd"
 done
-step "$LOG" "runtime: building the dapr CLI $DAPR_CLI_VERSION (5/5)" build_cli
+timed "runtime: building the dapr CLI $DAPR_CLI_VERSION (5/5)" build_cli
 
 write_default_config "$BUILD"
 write_daprd_wrapper "$BUILD"
@@ -245,4 +267,5 @@ rm -rf "$PREFIX.old"
 if [ -d "$PREFIX" ]; then mv "$PREFIX" "$PREFIX.old"; fi
 mv "$BUILD" "$PREFIX"
 rm -rf "$PREFIX.old"
+write_record "Dapr runtime $DAPR_RUNTIME_VERSION ($DAPR_BUILD) and CLI $DAPR_CLI_VERSION" "$((SECONDS - started))"
 say "runtime: Dapr $("$PREFIX/.dapr/bin/daprd" --version) ready in $PREFIX ($((SECONDS - started)) s in all)"

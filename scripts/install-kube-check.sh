@@ -11,7 +11,8 @@
 #   $TDA_HOME/kube-check-<kubernetes>/dapr-<runtime>/annotations.go the sidecar annotations
 #   $TDA_HOME/kube-check-<kubernetes>/.complete   (written last: the versions it was built for)
 # A build that is there and whole returns at once and prints nothing. Go's
-# output goes to $TDA_HOME/logs/build-kube-check-<kubernetes>.log.
+# output goes to $TDA_HOME/logs/build-kube-check-<kubernetes>.log, the timings to
+# build-kube-check-<kubernetes>.times.json beside it.
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
@@ -93,14 +94,35 @@ copy_dapr_sources() {
   chmod -R u+w "$out"
 }
 
+# The record of this build's timings, beside its log: per step, in all, and the machine's state
+# (cores, load at the end, how much the Go caches held before: a cold build starts from empty ones).
+# `python -m tools.proof.figures builds` quotes it in the docs (docs/kubernetes.md).
+RECORD="${LOG%.log}.times.json"
+go_cache_mb() { local mb; mb="$(du -sm "$(go env "$1")" 2>/dev/null | cut -f1)" || true; echo "${mb:-0}"; }
+GO_CACHES_BEFORE="{\"GOCACHE\": $(go_cache_mb GOCACHE), \"GOMODCACHE\": $(go_cache_mb GOMODCACHE)}"
+STEP_TIMES=()
+timed() {  # timed LABEL COMMAND...: one step (lib.sh), its seconds kept for the record
+  local label="$1" begun=$SECONDS
+  step "$LOG" "$@"
+  STEP_TIMES+=("\"$label\": $((SECONDS - begun))")
+}
+write_record() {  # write_record WHAT TOTAL_S
+  local IFS=, load
+  load="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)" || true
+  printf '{"what": "%s", "finished": "%s", "cores": %s, "load_average_1min_at_end": %s, "go": "%s", "go_caches_mb_before": %s, "steps_s": {%s}, "total_s": %s}\n' \
+    "$1" "$(date -u +%FT%TZ)" "$(getconf _NPROCESSORS_ONLN)" "${load:-null}" "$(go env GOVERSION)" \
+    "$GO_CACHES_BEFORE" "${STEP_TIMES[*]}" "$2" > "$RECORD"
+}
+
 started=$SECONDS
 rm -f "$PREFIX/.complete"
 mkdir -p "$PREFIX/bin" "$(dirname "$LOG")" && : > "$LOG"
 say "kubernetes check: kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION are built once per machine (minutes: each step prints its time); log: $LOG"
-step "$LOG" "kubernetes check: building kube-apiserver $KUBERNETES_VERSION (1/3)" build_apiserver
-step "$LOG" "kubernetes check: building etcd $ETCD_VERSION (2/3)" build_etcd
-step "$LOG" "kubernetes check: building helm $HELM_VERSION (3/3)" build_helm
-step "$LOG" "kubernetes check: copying the dapr $DAPR_RUNTIME_VERSION chart and CRDs" copy_dapr_sources
+timed "kubernetes check: building kube-apiserver $KUBERNETES_VERSION (1/3)" build_apiserver
+timed "kubernetes check: building etcd $ETCD_VERSION (2/3)" build_etcd
+timed "kubernetes check: building helm $HELM_VERSION (3/3)" build_helm
+timed "kubernetes check: copying the dapr $DAPR_RUNTIME_VERSION chart and CRDs" copy_dapr_sources
 rmdir "$src" 2>/dev/null || true
+write_record "kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION" "$((SECONDS - started))"
 echo "$STAMP" > "$PREFIX/.complete"
 say "kubernetes check: ready in $PREFIX ($((SECONDS - started)) s in all)"

@@ -1,10 +1,12 @@
-"""`make bench`'s table and picture, from the figures tools/bench/run.py measured."""
+"""`make bench`'s table, picture and page (docs/benchmark.md), from the figures tools/bench/run.py measured."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
-from tools.bench.cpu import STACK
+from tools.bench.cpu import CLIENT, STACK
+from tools.stack.settings import ROOT
 
 
 def _cpu(row: dict) -> str:
@@ -31,7 +33,7 @@ def print_table(r: dict) -> None:
     for row in r["burst"]:
         print(f"{row['runs']} at once over {row['trigger']}: each ran once (none lost, none twice); "
               f"peak RSS {row['peak_rss_mb']} MB")
-    top = max(r["throughput"]["http"], key=lambda row: (row["llm_delay_s"] == 0, row["concurrency"] == 32))
+    top = cpu_row(r)
     print(f"\nCPU ms per run, http at concurrency {top['concurrency']} (LLM {top['llm_delay_s']:g} s): {_cpu(top)}; "
           f"{top['stack_cpu_ms_per_run']} in all -> ceiling {top['ceiling_runs_per_s']} runs/s on "
           f"{r['machine']['cores']} cores; the bench client and scripted LLM took "
@@ -105,3 +107,271 @@ def draw(r: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+# -- docs/benchmark.md -----------------------------------------------------------------------------
+# Every figure of the page sits in a block between two comment lines, rendered from the results
+# (bench/results/latest.json) by the functions of PAGE_BLOCKS: `make bench` rewrites them after
+# measuring, `python -m tools.bench --page` from the committed file, and
+# tests/test_docs_figures.py fails when the page shows anything else.
+PAGE = ROOT / "docs" / "benchmark.md"
+RESULTS = "bench/results/latest.json"
+# What the knobs are measured against: CPU ms per run, and the share of the ceiling worth reaching.
+GOALS_MS = {"with the README's defaults": ("the README's defaults", 100), "lean": ("lean: all of these", 70)}
+GOAL_FRACTION_OF_CEILING = 0.9
+SHOWN_NAME = {"redis": "Redis", "zipkin": "Zipkin"}
+
+
+def _llm(delay: float) -> str:
+    return "instant LLM" if not delay else f"{delay:g} s LLM"
+
+
+def _rows(r: dict, trigger: str, delay: float) -> list[dict]:
+    return [row for row in r["throughput"][trigger] if row["llm_delay_s"] == delay]
+
+
+def _slashed(values) -> str:
+    return " / ".join(str(value) for value in values)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def _all_rows(r: dict) -> list[dict]:
+    return [*r["throughput"]["http"], *r["throughput"]["pubsub"], *r["burst"], *r.get("knobs", [])]
+
+
+def cpu_row(r: dict) -> dict:
+    """The row whose CPU the page and the table break down: HTTP, instant LLM, at the knobs' concurrency."""
+    instant = _rows(r, "http", 0)
+    return next((row for row in instant if row["concurrency"] == r["plan"]["knob_concurrency"]), instant[-1])
+
+
+def _knob_rows(r: dict, prefix: str, delay: float | None = None) -> list[dict]:
+    return [row for row in r.get("knobs", []) if row["knob"].startswith(prefix)
+            and (delay is None or row["llm_delay_s"] == delay)]
+
+
+def _not_measured(what: str) -> str:
+    return f"{what}: not measured in this run (the bench ran without its knobs)."
+
+
+def page_machine(r: dict) -> str:
+    cores, loads = r["machine"]["cores"], [row["load_average_1min"] for row in _all_rows(r)]
+    text = (f"The run below, started {r['started_at']}, took {r['bench_wall_s']:.0f} s on {cores} cores, with "
+            f"Dapr {r['machine']['dapr_runtime']} and dapr-agents {r['machine']['dapr_agents']}; the machine's "
+            f"1-minute load average stood between {min(loads)} and {max(loads)} (each row of the JSON has it).")
+    if max(loads) > cores:
+        text += (" A load above the number of cores means work waited for a core (the stack's own and any "
+                 "other), so each process got less than a core and CPU time per run is inflated by the "
+                 "contention: **read these figures as a floor.**")
+    return text + (" Comparisons within one run hold better than the absolute figures, and the README's "
+                   "defaults, measured before and after the knobs, show how far the noise goes.")
+
+
+def page_worker_pool(r: dict) -> str:
+    plan = r["plan"]
+    rows = sorted(_knob_rows(r, "worker pool", plan["knob_delay"]), key=lambda row: "default" not in row["knob"])
+    if not rows:
+        return _not_measured("The worker pool's knob")
+    table = _table([f"{plan['knob_wave']} runs at once over HTTP, {_llm(plan['knob_delay'])}", "runs/s",
+                    "LLM calls in flight at most"],
+                   [[row["knob"], row["runs_per_s"], row["peak_llm_calls_in_flight"]] for row in rows])
+    top = max(plan["levels"])
+    slow = next(row for row in _rows(r, "http", max(plan["delays"])) if row["concurrency"] == top)
+    fast = next(row for row in _rows(r, "http", 0) if row["concurrency"] == top)
+    return (f"{table}\n\nIn the main measurements, {top} HTTP clients with the {_llm(slow['llm_delay_s'])} completed "
+            f"{slow['runs_per_s']} runs/s, {slow['runs_per_s'] / fast['runs_per_s']:.2f} of the "
+            f"{fast['runs_per_s']} with the instant LLM in the same run, with up to "
+            f"{slow['peak_llm_calls_in_flight']} LLM calls in flight.")
+
+
+def page_burst(r: dict) -> str:
+    http, pubsub = r["burst"]
+    peak = {name: max(row["peak_rss_mb"][name] for row in r["burst"]) for name in ("app", "daprd")}
+    return (f"{http['runs']} runs started at once, over HTTP with the {_llm(http['llm_delay_s'])} and over pub/sub "
+            f"with the {_llm(pubsub['llm_delay_s'])}: each ran exactly once (the bench stops otherwise: every HTTP "
+            "run must end COMPLETED in the workflow engine, and every task, from either trigger, reach the LLM "
+            f"exactly twice: its answer and its summary). Peak RSS: app {peak['app']} MB, daprd {peak['daprd']} MB.")
+
+
+def page_pubsub(r: dict) -> str:
+    delay = max(r["plan"]["delays"])
+    waiting = ", ".join(f"{row['runs_per_s']} runs/s with {row['concurrency']} published at once"
+                        for row in _rows(r, "pubsub", delay))
+    text = f"Measured, pub/sub with the {_llm(delay)}: {waiting}."
+    rows = _knob_rows(r, "pub/sub acknowledges without waiting")
+    if not rows:
+        return text + " " + _not_measured("The variant that acknowledges without waiting")
+    loads = [row["load_average_1min"] for row in rows]
+    return text + (" The variant that acknowledges once the run is scheduled: " +
+                   ", ".join(f"{row['runs_per_s']} runs/s with the {_llm(row['llm_delay_s'])}" for row in rows) +
+                   f", {rows[0]['concurrency']} published at once, at a load average of {min(loads)} to {max(loads)}.")
+
+
+def page_figures(r: dict) -> str:
+    plan, lat, direct, cost = r["plan"], r["latency"], r["direct"], r["cost"]
+    rows = [[f"one run, `POST /run` until COMPLETED, concurrency 1 ({lat['n']} runs)",
+             f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms"],
+            ["the same two Conversation API calls sent straight to the sidecar", f"p50 {direct['p50_ms']} ms"],
+            ["**durable / direct**", f"**{r['durable_over_direct']}x**"]]
+    for delay in plan["delays"]:
+        for trigger in ("http", "pubsub"):
+            found = _rows(r, trigger, delay)
+            levels = _slashed(row["concurrency"] for row in found)
+            what = f"concurrency {levels}" if trigger == "http" else f"{levels} published at once"
+            value = f"{_slashed(row['runs_per_s'] for row in found)} runs/s"
+            if delay:
+                value += f"; at most {_slashed(row['peak_llm_calls_in_flight'] for row in found)} LLM calls in flight"
+            rows.append([f"{trigger.replace('pubsub', 'pub/sub')}, {_llm(delay)}, {what}", value])
+    most = ", ".join(f"{name} {n}" for name, n in list(cost["redis_commands_by_type"].items())[:3])
+    rows += [["Redis commands per run", f"{cost['redis_commands_per_run']} (most: {most})"],
+             ["Conversation API calls per run", f"{cost['conversation_calls_per_run']} (the answer, then the summary "
+                                                "kept as memory)"]]
+    machine = r["machine"]
+    return (f"Dapr {machine['dapr_runtime']}, dapr-agents {machine['dapr_agents']}, {machine['cores']} cores, the "
+            "README's defaults: API logging on, every run traced to Zipkin, sidecar metrics on, Redis "
+            "`appendfsync always`, the memory summary.\n\n" + _table(["figure", "value"], rows))
+
+
+def page_cpu(r: dict) -> str:
+    row, cores = cpu_row(r), r["machine"]["cores"]
+    per, ceiling = row["cpu_ms_per_run"], row["ceiling_runs_per_s"]
+    app_share = row["app_bound_runs_per_s"] / ceiling
+    text = (f"At concurrency {row['concurrency']} over HTTP with the instant LLM, one run cost, in CPU milliseconds: "
+            + ", ".join(f"{SHOWN_NAME.get(name, name)} {per[name]}" for name in STACK)
+            + f": {row['stack_cpu_ms_per_run']} in all, so the {cores} cores could complete at most {ceiling} runs/s; "
+            f"{row['runs_per_s']} were reached ({row['fraction_of_ceiling']} of the ceiling, at a load average of "
+            f"{row['load_average_1min']}). The bench client and the scripted LLM took {per[CLIENT]} ms more.\n\n"
+            f"The app is one Python process, and its GIL lets it use one core at most: at {per['app']} ms per run "
+            f"it can complete no more than {row['app_bound_runs_per_s']} runs/s, {app_share:.2f} of the ceiling, "
+            "however idle the machine.")
+    if app_share < GOAL_FRACTION_OF_CEILING:
+        text += (f" So {GOAL_FRACTION_OF_CEILING} of the ceiling needs the app's share of the CPU to shrink, or a "
+                 "second replica of the app (`test_load.py::test_runs_in_flight_finish_on_the_survivor_when_a_replica"
+                 "_is_killed` runs two).")
+    return text
+
+
+def page_profile(r: dict) -> str:
+    profile = r.get("app_profile", {})
+    if "share" not in profile:
+        return f"The app's profile was not recorded in this run: {profile.get('error', 'no profile')}."
+    shares = sorted(profile["share"].items(), key=lambda item: -item[1])
+    return (f"Where the app's CPU goes (py-spy, threads holding the GIL, {profile['at']}, {profile['samples']} "
+            "samples):\n\n" + _table(["", "share"], [[name, f"{share:.0%}"] for name, share in shares]))
+
+
+def _cpu_ms(row: dict) -> float:
+    return row["stack_cpu_ms_per_run"]
+
+
+def page_knobs(r: dict) -> str:
+    plan = r["plan"]
+    names = ["the README's defaults", *plan["knobs"], "the README's defaults, again"]
+    rows = [row for name in names for row in r.get("knobs", []) if row["knob"] == name]
+    if not rows:
+        return _not_measured("The knobs")
+    bold = "lean: all of these"
+    table = _table(["knob", "runs/s", "CPU ms per run", "app", "daprd", "scheduler", "Zipkin", "load average",
+                    "one run, p50 ms"],
+                   [[f"**{row['knob']}**" if row["knob"] == bold else row["knob"],
+                     *((f"**{row['runs_per_s']}**", f"**{_cpu_ms(row)}**") if row["knob"] == bold
+                       else (row["runs_per_s"], _cpu_ms(row))),
+                     *(row["cpu_ms_per_run"][name] for name in ("app", "daprd", "scheduler", "zipkin")),
+                     row["load_average_1min"], row.get("latency", {}).get("p50_ms", "")] for row in rows])
+    text = (f"The same load ({plan['knob_concurrency']} clients, instant LLM, {plan['knob_runs']} runs) with one "
+            f"setting changed; CPU ms per run:\n\n{table}")
+    defaults = [row for row in rows if row["knob"].startswith("the README's defaults")]
+    by_name = {row["knob"]: row for row in rows}
+    if len(defaults) < 2:
+        return text
+    drift = abs(_cpu_ms(defaults[0]) - _cpu_ms(defaults[1]))
+    text += (f"\n\nThe defaults moved by {drift:.0f} ms between the start and the end, so a single knob's effect "
+             "below that is noise here. Against the two measurements of the defaults:")
+    effects = []
+    if "no memory summary" in by_name:
+        saved = sorted(_cpu_ms(d) - _cpu_ms(by_name["no memory summary"]) for d in defaults)
+        effects.append(f"no memory summary (one LLM call, one activity and a memory write fewer) saves "
+                       f"{saved[0]:.0f} to {saved[-1]:.0f} ms")
+    if "tracing sampling 0" in by_name:
+        saved = sorted(d["cpu_ms_per_run"]["zipkin"] - by_name["tracing sampling 0"]["cpu_ms_per_run"]["zipkin"]
+                       for d in defaults)
+        effects.append(f"tracing at 0 takes {saved[0]:.0f} to {saved[-1]:.0f} ms of Zipkin's away")
+    if bold in by_name:
+        lean = by_name[bold]
+        one_run = f", with one run at concurrency 1 in {lean['latency']['p50_ms']} ms" if "latency" in lean else ""
+        effects.append(f"all of them together bring a run to {_cpu_ms(lean)} ms{one_run}")
+    return text + " " + "; ".join(effects) + "."
+
+
+def page_goals(r: dict) -> str:
+    goals = ", ".join(f"{goal} ms of CPU per run {how}" for how, (_, goal) in GOALS_MS.items())
+    verdicts = []
+    for how, (name, goal) in GOALS_MS.items():
+        measured = [_cpu_ms(row) for row in r.get("knobs", []) if row["knob"].startswith(name)]
+        if measured:
+            verdicts.append(f"{' and '.join(map(str, measured))} ms {how}, "
+                            + ("met" if min(measured) <= goal else "not met"))
+    return f"The goals: {goals}. This run: {'; '.join(verdicts) or 'the knobs were not measured'}."
+
+
+def page_breakdown(r: dict) -> str:
+    b, p50 = r["breakdown"], r["latency"]["p50_ms"]
+    text = (f"The workflow histories, {b['runs']} runs one at a time after the bursts above: "
+            + ", ".join(f"`{name}` {ms} ms" for name, ms in b["activities_ms"].items())
+            + f", and {b['orchestration_overhead_ms']} ms of orchestration between them, "
+            f"{b['orchestration_overhead_ms'] / b['mean_run_ms']:.0%} of a mean run of {b['mean_run_ms']} ms.")
+    if b["mean_run_ms"] > p50:
+        text += (f" That mean is longer than the p50 of one run measured first ({p50} ms): the shares matter "
+                 "here, not the sum.")
+    return text
+
+
+PAGE_BLOCKS = {"the machine": page_machine, "the worker pool": page_worker_pool, "the bursts": page_burst,
+               "pub/sub": page_pubsub, "the figures": page_figures, "CPU per run": page_cpu,
+               "the app's profile": page_profile, "the knobs": page_knobs, "the goals": page_goals,
+               "where one run's time goes": page_breakdown}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return (f"<!-- bench figures, {name}: written from {RESULTS} by `make bench` -->",
+            f"<!-- end of the bench figures, {name} -->")
+
+
+def _wrapped(text: str) -> str:
+    """Prose at the page's width; tables as they are."""
+    return "\n\n".join(part if part.startswith("|") else
+                       textwrap.fill(part, width=105, break_long_words=False, break_on_hyphens=False)
+                       for part in text.split("\n\n"))
+
+
+def rendered_page(page: str, r: dict) -> str:
+    """The page with each block of PAGE_BLOCKS rendered from the results `r`; the rest as it is."""
+    for name, render in PAGE_BLOCKS.items():
+        begin, end = markers(name)
+        head, found, rest = page.partition(begin + "\n")
+        if found:
+            _, _, tail = rest.partition(end)
+            page = f"{head}{begin}\n\n{_wrapped(render(r))}\n\n{end}{tail}"
+    return page
+
+
+def page_problems(page: str, r: dict) -> list[str]:
+    """What the page shows that the results do not: one line per block that is missing or differs."""
+    problems = [f"docs/benchmark.md has no block {name!r}" for name in PAGE_BLOCKS
+                if any(marker not in page for marker in markers(name))]
+    rendered = rendered_page(page, r)
+    for name in PAGE_BLOCKS:
+        begin, end = markers(name)
+        shown, expected = (text.partition(begin)[2].partition(end)[0] for text in (page, rendered))
+        if shown != expected:
+            problems.append(f"docs/benchmark.md, block {name!r}: it shows what {RESULTS} does not say "
+                            "(redraw it: python -m tools.bench --page)")
+    return problems
+
+
+def write_page(r: dict) -> None:
+    PAGE.write_text(rendered_page(PAGE.read_text(), r))

@@ -6,6 +6,7 @@ stops everything, and writes:
 
     bench/results/latest.json   the raw figures (git keeps the earlier ones)
     images/bench.png            latency, and throughput against concurrency for each LLM latency
+    docs/benchmark.md           every figure on the page, rendered from latest.json (tools/bench/report.py)
     a table on standard output
 
 The scripted LLM answers at once (the stack's own cost) or after a delay (a
@@ -14,8 +15,9 @@ calls in flight at once, CPU time per run of each process and the ceiling it
 implies on this machine (cores / CPU-seconds per run). Then the knobs: the
 same load with one setting changed, to price each (docs/benchmark.md).
 
-    python -m tools.bench            # the full benchmark (about nine minutes on 2 cores)
+    python -m tools.bench            # the full benchmark (long: docs/benchmark.md says how long it took)
     python -m tools.bench --smoke    # a few runs of each measurement, to keep this code honest
+    python -m tools.bench --page     # measure nothing: redraw docs/benchmark.md from latest.json
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import redis
 
 from tools.bench.cpu import app_profile, stack_processes
 from tools.bench.load import Load
-from tools.bench.report import draw, print_table
+from tools.bench.report import PAGE, draw, print_table, write_page
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
 from tools.stack.processes import StackError, rel, stop, stop_dapr_run
@@ -284,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few runs of each measurement")
     parser.add_argument("--no-knobs", action="store_true", help="skip the knobs (each restarts the service)")
+    parser.add_argument("--page", action="store_true", help=f"measure nothing: rewrite {rel(PAGE)}'s figures "
+                                                            f"from {rel(RESULTS_DIR / 'latest.json')}")
     args = parser.parse_args(argv)
+    if args.page:
+        write_page(json.loads((RESULTS_DIR / "latest.json").read_text()))
+        print(f"[bench] {rel(PAGE)}: figures written from {rel(RESULTS_DIR / 'latest.json')}")
+        return 0
     started = time.perf_counter()
     try:
         results = run_all(SMOKE if args.smoke else Plan(), knobs=not args.no_knobs)
@@ -298,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     picture = out_dir / "bench.png" if args.smoke else PICTURE
     draw(results, picture)
+    if not args.smoke:  # a smoke run's few runs are no figures to quote
+        write_page(results)
     print(f"\n[bench] {results['bench_wall_s']} s; raw figures in {rel(out_dir / 'latest.json')}, "
-          f"picture in {rel(picture)}")
+          f"picture in {rel(picture)}" + ("" if args.smoke else f", page {rel(PAGE)}"))
     return 0
 
 

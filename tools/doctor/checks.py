@@ -152,7 +152,7 @@ def check_dapr() -> List[Result]:
     runtime = find_runtime()
     if runtime is None:
         return [("todo", f"Dapr runtime {settings.DAPR_RUNTIME_VERSION} and CLI {settings.DAPR_CLI_VERSION}",
-                 "`make setup` builds them with Go (about 5 min, once per machine)")]
+                 "`make setup` builds them with Go (minutes, once per machine)")]
     from_dapr_init = runtime.runtime_path is None
     # `make setup` skips an existing build, so a wrong one has to be removed first.
     rebuild = (f"`dapr init --slim --runtime-version {settings.DAPR_RUNTIME_VERSION}`" if from_dapr_init
