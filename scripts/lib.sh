@@ -28,3 +28,26 @@ step() {
   fi
   printf '%s s\n' "$((SECONDS - started))" >&2
 }
+
+# The record of a build's timings, beside its log LOG as LOG.times.json: per step, in all, and the
+# machine's state (cores, load at the end, how much the Go caches held before: a cold build starts
+# from empty ones). `python -m tools.proof.figures builds` quotes it in the docs.
+# start_record LOG, then `timed LABEL COMMAND...` per step, then `write_record WHAT TOTAL_S`.
+start_record() {
+  RECORD="${1%.log}.times.json"
+  GO_CACHES_BEFORE="{\"GOCACHE\": $(go_cache_mb GOCACHE), \"GOMODCACHE\": $(go_cache_mb GOMODCACHE)}"
+  STEP_TIMES=()
+}
+go_cache_mb() { local mb; mb="$(du -sm "$(go env "$1")" 2>/dev/null | cut -f1)" || true; echo "${mb:-0}"; }
+timed() {  # timed LABEL COMMAND...: one step (lib.sh), its seconds kept for the record
+  local label="$1" begun=$SECONDS
+  step "$LOG" "$@"
+  STEP_TIMES+=("\"$label\": $((SECONDS - begun))")
+}
+write_record() {  # write_record WHAT TOTAL_S
+  local IFS=, load
+  load="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)" || true
+  printf '{"what": "%s", "finished": "%s", "cores": %s, "load_average_1min_at_end": %s, "go": "%s", "go_caches_mb_before": %s, "steps_s": {%s}, "total_s": %s}\n' \
+    "$1" "$(date -u +%FT%TZ)" "$(getconf _NPROCESSORS_ONLN)" "${load:-null}" "$(go env GOVERSION)" \
+    "$GO_CACHES_BEFORE" "${STEP_TIMES[*]}" "$2" > "$RECORD"
+}

@@ -77,16 +77,16 @@ def test_the_passage_check_notices_a_typed_figure_and_a_build_of_other_versions(
 
 
 def test_the_installers_record_their_build_times_where_the_figures_command_reads_them(tmp_path, monkeypatch):
-    """The record helpers of both installers, run as they are (lib.sh's step stubbed: no build)."""
+    """The record helpers both installers use (scripts/lib.sh), run as they are (its step stubbed: no build)."""
     monkeypatch.setattr(settings, "TDA_HOME", tmp_path)
     for script, name in (("install-dapr.sh", "build: the Dapr runtime"),
                          ("install-kube-check.sh", "build: the Kubernetes check")):
-        text = (ROOT / "scripts" / script).read_text()
-        helpers = text[text.index("# The record of this build's timings"):text.index("\nstarted=$SECONDS")]
+        assert 'start_record "$LOG"' in (ROOT / "scripts" / script).read_text()
         label = f"{figures.STEP_PREFIX[name]}building something (1/1)"
-        script_text = (f"set -euo pipefail\nstep() {{ shift 2; \"$@\"; }}\n"
+        script_text = (f"set -euo pipefail\nTDA_HOME='{tmp_path}'\n. '{ROOT}/scripts/lib.sh'\n"
+                       f"step() {{ shift 2; \"$@\"; }}\n"
                        f"LOG='{tmp_path}/logs/{figures.BUILD_LOGS[name]}.log'\nmkdir -p '{tmp_path}/logs'\n"
-                       f"{helpers}\ntimed '{label}' true\nwrite_record '{figures.BUILDS[name]}' 7\n")
+                       f"start_record \"$LOG\"\ntimed '{label}' true\nwrite_record '{figures.BUILDS[name]}' 7\n")
         result = run(["bash", "-c", script_text])
         assert result.returncode == 0, result.stderr
 
