@@ -66,7 +66,8 @@ class Rejected(Exception):
 def require_installed() -> None:
     if not (PREFIX / ".complete").exists():
         raise StackError(f"the Kubernetes check is not installed in {PREFIX}. "
-                         "Run `bash scripts/install-kube-check.sh` (Go builds, a few minutes once per machine; docs/kubernetes.md quotes a recorded build).")
+                         "Run `bash scripts/install-kube-check.sh` (Go builds: minutes, once per machine; "
+                         "docs/kubernetes.md quotes a recorded build).")
 
 
 def documents(path: Path) -> list[dict]:
