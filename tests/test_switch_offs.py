@@ -11,6 +11,7 @@ show the figures the suite wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -91,6 +92,8 @@ def test_a_row_goes_stale_when_any_file_its_proof_covers_changes_and_the_message
         assert entry.test in message and rerun in message, message
         (tmp_path / name).write_bytes(original)
     assert switch_offs.stale_rows([{k: v for k, v in row.items() if k != "files_sha256"}], [entry], tmp_path)
+    changed_reason = dataclasses.replace(entry, because=entry.because + "|another reason")
+    assert switch_offs.stale_rows([row], [changed_reason], tmp_path)  # the switch-off itself changed
 
 
 def test_make_switch_offs_with_only_runs_just_those_switch_offs_and_merges_their_rows():

@@ -80,10 +80,12 @@ def switched_off(entry: SwitchOff, read) -> dict[str, str]:
 def proof_files(entry: SwitchOff, root: Path = ROOT) -> tuple[tuple[str, ...], str]:
     """The files `entry`'s proof depends on, and one sha256 over their paths and contents: the test's
     module, the suite's fixtures and helpers, every file the switch-off edits, and the row's `covers`.
-    A file the switch-off adds, absent from `root`, counts as absent (so adding it changes the hash)."""
+    A file the switch-off adds, absent from `root`, counts as absent (so adding it changes the hash).
+    The switch-off's own declaration is hashed too: a row run with another edit or reason proves
+    nothing about this one."""
     module = "tests/" + entry.test.split("::")[0]
     files = tuple(sorted({module, *SHARED_TEST_FILES, *(edit.file for edit in entry.edits), *entry.covers}))
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{entry!r}\n".encode())
     for name in files:
         path = root / name
         content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
@@ -114,7 +116,8 @@ def stale_rows(rows: list[dict], entries: list[SwitchOff] = SWITCH_OFFS,
         elif "files_sha256" not in row:
             why = f"no stamp: run on {row.get('finished', '?')[:10]}, before rows recorded their commit"
         elif row["files_sha256"] != sha256:
-            why = f"run on {row['commit'][:7]}; since, one of these changed: {', '.join(files)}"
+            why = (f"run on {row['commit'][:7]}; since, its switch-off in switch_off_table.py or one of these "
+                   f"changed: {', '.join(files)}")
         else:
             continue
         stale[entry.claim, entry.test] = why
