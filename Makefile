@@ -70,8 +70,8 @@ dashboard: ## the runs in your browser at http://localhost:8080 while the servic
 crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offline, under a minute)
 	@$(VENV_PY) -m tools.runs.crash_demo
 
-switch-offs: setup ## switch each README claim off in a throw-away copy; its test must fail (long: not in make test)
-	@$(VENV_PY) -m tools.proof.switch_offs
+switch-offs: setup ## switch each claim off in a throw-away copy; its test must fail (long) [ONLY="test_a test_b": those rows]
+	@$(VENV_PY) -m tools.proof.switch_offs $(if $(ONLY),--only $(ONLY) --merge)
 
 purge: ## remove one run, and only that one (a run stuck on bad input, say): make purge ID=<instance id>
 	@test -n "$(ID)" || { echo "usage: make purge ID=<instance id>  (ids: make workflows)"; exit 2; }

@@ -1,10 +1,10 @@
-"""The switch-offs `make switch-offs` applies: one per test the README's claims table names.
+"""The switch-offs `make switch-offs` applies: one per test the claims table of docs/claims.md names.
 
 Each one turns the claim's capability off in a throw-away copy of the
 repository (a text replaced in one of its files, a file added, or an
 environment variable for the test run), and the named test must then fail.
-`claim` and `test` are the README row's first cell and one test of its test
-cell, verbatim; tests/test_switch_offs.py checks that every row is here.
+`claim` and `test` are the claims table row's first cell and one test of its
+test cell, verbatim; tests/test_switch_offs.py checks that every row is here.
 `because` is what the failure must say: a test that fails for another reason
 (a stack that did not start in time) proves nothing. A row whose capability
 cannot be switched off would say why in `none`.
@@ -36,6 +36,9 @@ class SwitchOff:
     # False for a corpus of inputs, of which the switch-off changes some: then some cases must fail.
     every_case: bool = True
     none: str = ""  # why no switch-off is possible, when none is
+    # Files the proof also depends on, beyond the test's module, tests/conftest.py, tests/helpers.py and the
+    # files the edits change (tools/proof/switch_offs.py proof_files): the code an `env` switch-off acts through.
+    covers: tuple[str, ...] = ()
 
 
 SERVICE = "durable_agent_service.py"

@@ -2,8 +2,8 @@
 
     python -m tools.proof.switch_offs [--only TEXT ...] [--no-write]
 
-For every switch-off of tools/proof/switch_off_table.py (one per test the README's
-claims table names): copy the repository as it is (tracked and untracked
+For every switch-off of tools/proof/switch_off_table.py (one per test the claims
+table of docs/claims.md names): copy the repository as it is (tracked and untracked
 files, not the ignored ones; the copy gets its own `.stack` and uses this
 clone's `.venv` and the runtime cache), switch the capability off in the copy,
 run the named test there, and check that it FAILS, for the reason the
@@ -13,15 +13,19 @@ never touches this clone. Each copy runs in a private
 network and PID namespace (`unshare`, as root), so it never meets a stack on
 this machine's ports; without namespaces the copies run one by one on the
 normal ports, which must be free. Prints a table; with every switch-off run
-(no --only), writes it to docs/switch-offs.json and to the section "How we
-know the tests can fail" of docs/durability.md. Exits 1 if any test passed
-with its capability off, or a switch-off no longer applies.
+(no --only), or with --merge, writes it to docs/switch-offs.json and to the
+section "How we know the tests can fail" of docs/claims.md. Each row records
+the commit it ran on and a sha256 of the files its proof depends on
+(proof_files), so that `make test` notices a row older than those files
+(stale_rows). Exits 1 if any test passed with its capability off, or a
+switch-off no longer applies.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -40,7 +44,7 @@ from tools.stack.processes import port_in_use, say
 from tools.stack.settings import ROOT, SERVICE_PORTS, STACK_PORTS
 
 RESULTS_FILE = ROOT / "docs" / "switch-offs.json"
-PAGE = ROOT / "docs" / "durability.md"
+PAGE = ROOT / "docs" / "claims.md"
 BEGIN, END = "<!-- switch-offs: written by `make switch-offs` -->", "<!-- end of switch-offs -->"
 # What the copies must not inherit: this clone's state folder, and the figures switch.
 NOT_INHERITED = ("TDA_STATE_DIR", "TDA_WRITE_FIGURES", "PYTEST_ADDOPTS")
@@ -48,6 +52,10 @@ NOT_INHERITED = ("TDA_STATE_DIR", "TDA_WRITE_FIGURES", "PYTEST_ADDOPTS")
 # switch-off run fails because of its switch-off, not because the machine was slow.
 COPY_ENV = {"TDA_STARTUP_TIMEOUT": "120"}
 RUN_TIMEOUT_S = 900  # one switch-off's pytest run; each test has pytest's own 300 s
+
+
+# Every test's proof also rests on the suite's fixtures and helpers.
+SHARED_TEST_FILES = ("tests/conftest.py", "tests/helpers.py")
 
 
 class OutOfDate(Exception):
@@ -67,6 +75,66 @@ def switched_off(entry: SwitchOff, read) -> dict[str, str]:
             raise OutOfDate(f"{edit.file}: the text {edit.old!r} is there {text.count(edit.old)} times, not once")
         changed[edit.file] = text.replace(edit.old, edit.new)
     return changed
+
+
+def proof_files(entry: SwitchOff, root: Path = ROOT) -> tuple[tuple[str, ...], str]:
+    """The files `entry`'s proof depends on, and one sha256 over their paths and contents: the test's
+    module, the suite's fixtures and helpers, every file the switch-off edits, and the row's `covers`.
+    A file the switch-off adds, absent from `root`, counts as absent (so adding it changes the hash).
+    The switch-off's own declaration is hashed too: a row run with another edit or reason proves
+    nothing about this one."""
+    module = "tests/" + entry.test.split("::")[0]
+    files = tuple(sorted({module, *SHARED_TEST_FILES, *(edit.file for edit in entry.edits), *entry.covers}))
+    digest = hashlib.sha256(f"{entry!r}\n".encode())
+    for name in files:
+        path = root / name
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+        digest.update(f"{name}\0{content}\n".encode())
+    return files, digest.hexdigest()
+
+
+def stamp(entry: SwitchOff) -> dict:
+    """What a row records of the code it ran on: the commit checked out, whether the row's files had
+    uncommitted edits (the copy takes the working tree as it is), and the sha256 of those files."""
+    files, sha256 = proof_files(entry)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    edited = subprocess.run(["git", "status", "--porcelain", "--", *files], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    return {"commit": head.stdout.strip(), "uncommitted_edits": bool(edited.stdout.strip()), "files_sha256": sha256}
+
+
+def stale_rows(rows: list[dict], entries: list[SwitchOff] = SWITCH_OFFS,
+               root: Path = ROOT) -> dict[tuple[str, str], str]:
+    """For each switch-off whose row does not describe today's files: (claim, test), and why."""
+    by_key = {(row["claim"], row["test"]): row for row in rows}
+    stale = {}
+    for entry in entries:
+        row = by_key.get((entry.claim, entry.test))
+        files, sha256 = proof_files(entry, root)
+        if row is None:
+            why = "no row: never run"
+        elif "files_sha256" not in row:
+            why = f"no stamp: run on {row.get('finished', '?')[:10]}, before rows recorded their commit"
+        elif row["files_sha256"] != sha256:
+            why = (f"run on {row['commit'][:7]}; since, its switch-off in switch_off_table.py or one of these "
+                   f"changed: {', '.join(files)}")
+        else:
+            continue
+        stale[entry.claim, entry.test] = why
+    return stale
+
+
+def stale_message(stale: dict[tuple[str, str], str], entries: list[SwitchOff] = SWITCH_OFFS) -> str:
+    """Which rows of docs/switch-offs.json prove other files than today's, and the command that runs them
+    again and writes their rows (the whole table when every row is stale). `--only` matches a name within a
+    row's test, so the test's function name is enough."""
+    lines = [f"{len(stale)} of {len(entries)} rows of {RESULTS_FILE.relative_to(ROOT)} were not run on today's "
+             "files, so they do not show that today's tests can fail:"]
+    lines += [f"  {test} ({claim}): {why}" for (claim, test), why in stale.items()]
+    if set(stale) >= {(entry.claim, entry.test) for entry in entries}:
+        return "\n".join([*lines, "Run the whole table again (long: every row starts a stack): make switch-offs"])
+    names = dict.fromkeys(test.split("::")[-1] for _, test in stale)
+    return "\n".join([*lines, f'Run them again: make switch-offs ONLY="{" ".join(names)}"'])
 
 
 def copy_repository(target: Path) -> None:
@@ -169,7 +237,7 @@ def _shorten(text: str, width: int = 110) -> str:
 
 def run_one(entry: SwitchOff, isolated: bool, keep: bool) -> dict:
     started = time.monotonic()
-    row = {"claim": entry.claim, "test": entry.test, "switch_off": entry.what or f"none: {entry.none}"}
+    row = {"claim": entry.claim, "test": entry.test, "switch_off": entry.what or f"none: {entry.none}"} | stamp(entry)
     if not entry.edits and not entry.env:
         return row | {"failed": None, "how": entry.none, "seconds": 0}
     copy = Path(tempfile.mkdtemp(prefix="tda-switch-off-"))
@@ -210,18 +278,25 @@ def _require_free_ports() -> None:
                          "Stop the stack (`make stop`) or run as root where `unshare` works.")
 
 
+def run_on(row: dict) -> str:
+    """The commit (short) and day a row ran on; `+ edits` when the row's files had uncommitted edits."""
+    if "commit" not in row:
+        return f"not recorded, {row['finished'][:10]}"
+    return f"{row['commit'][:7]}{' + edits' if row['uncommitted_edits'] else ''}, {row['finished'][:10]}"
+
+
 def table(rows: list[dict]) -> str:
-    """The results as a Markdown table: claim, switch-off, test, failed as it should."""
-    lines = ["| claim | switch-off | test | failed as it should |", "| --- | --- | --- | --- |"]
+    """The results as a Markdown table: claim, switch-off, test, failed as it should, commit and date."""
+    lines = ["| claim | switch-off | test | failed as it should | run on |", "| --- | --- | --- | --- | --- |"]
     for row in rows:
         answer = {True: "yes", False: "**NO**", None: "no switch-off"}[row["failed"]]
-        cells = [row["claim"], row["switch_off"], f"`{row['test']}`", f"{answer}: {row['how']}"]
+        cells = [row["claim"], row["switch_off"], f"`{row['test']}`", f"{answer}: {row['how']}", run_on(row)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
     return "\n".join(lines)
 
 
 def page_section(results: dict) -> str:
-    """What the section of docs/durability.md holds between its markers."""
+    """What the section of docs/claims.md holds between its markers."""
     rows = results["rows"]
     when = sorted(row["finished"] for row in rows)
     took = round(sum(row["seconds"] for row in rows) / 60, 1)
@@ -255,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep every copy (copies of failures are always kept)")
     args = parser.parse_args(argv)
     chosen = [e for e in SWITCH_OFFS if not args.only or any(t in e.test or t in e.claim for t in args.only)]
+    if not chosen:
+        parser.error(f"no switch-off's test or claim has any of {args.only}")
     isolated = namespaces_available()
     say(f"{len(chosen)} switch-offs, each in a throw-away copy of {ROOT}, "
         + ("in private network and PID namespaces" if isolated
