@@ -73,7 +73,8 @@ def test_the_conversation_of_a_run_is_persisted_in_redis(service, scripted_llm, 
         ("assistant", "State survives the crash"),
     ]
     assert conversation["system_messages"][0]["content"] == "You are a helpful assistant"
-    # agent-memory: the summary kept as long-term memory, under `..._memory_<run>`.
+    # The summary kept as long-term memory, under `..._memory_<run>`: dapr-agents 1.0.9 writes it through
+    # agent-workflow (it prefers that store to agent-memory once both exist).
     memory = json.loads(redis_client.hget(f"{SERVICE_APP_ID}||assistant:_memory_{instance_id}", "data"))
     assert memory[0]["role"] == "assistant" and task in memory[0]["content"]
     # The workflow engine's own durable history, under the workflow actor's keys.

@@ -5,5 +5,5 @@
     runs/    looking inside runs: workflow listing and history, the dashboard, demos, screenshots
     bench/   `make bench`: what durability costs
     ha/      `make serve-ha`: three placement, three scheduler nodes and three replicas
-    proof/   the proof of the README's claims: switch-offs, figures, the Kubernetes check
+    proof/   the proof of the claims (docs/claims.md): switch-offs, figures, the Kubernetes check
 """

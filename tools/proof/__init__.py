@@ -1,2 +1,2 @@
-"""Proof of the README's claims: the switch-off table and its runner, the figures the suite
+"""Proof of the claims (docs/claims.md): the switch-off table and its runner, the figures the suite
 writes into docs/, and the Kubernetes manifests' check."""
