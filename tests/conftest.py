@@ -10,7 +10,7 @@ import redis
 from helpers import FIGURES, Service
 from tools.stack import commands as stack
 from tools.stack.processes import recorded, require_free
-from tools.stack.scripted_llm import ScriptedLLM
+from tools.stack.scripted_llm import Script, ScriptedLLM
 from tools.stack.settings import REDIS_PORT, SCRIPTED_LLM_PORT
 
 
@@ -36,13 +36,19 @@ def scripted_llm_server():
     server = ScriptedLLM().start()
     yield server
     server.stop()
+    # A run that reached the LLM after its test ended was neither awaited nor cleaned up by it.
+    late = sorted({owner for owner, _ in server.late_calls})
+    if late:
+        pytest.fail(f"runs of these tests reached the LLM after the test had ended: {late}")
 
 
 @pytest.fixture
-def scripted_llm(scripted_llm_server: ScriptedLLM) -> ScriptedLLM:
-    """The session's scripted LLM, reset for this test."""
-    scripted_llm_server.reset()
-    return scripted_llm_server
+def scripted_llm(scripted_llm_server: ScriptedLLM, request) -> Script:
+    """This test's own script: it answers and logs the calls of the test's tasks (scripted_llm.task(...),
+    or a text it claim()s), and only those; no other test's run can take its answers or join its log."""
+    script = scripted_llm_server.script(owner=request.node.nodeid)
+    yield script
+    script.close()
 
 
 @pytest.fixture(scope="session")

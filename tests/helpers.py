@@ -1,5 +1,6 @@
-"""What the tests share besides fixtures: one poller, unique task texts, a
-percentile, the Redis keys of a run, and the restartable service."""
+"""What the tests share besides fixtures: one poller, a percentile, the Redis
+keys of a run, and the restartable service. (A test's task texts come from its
+own scripted-LLM script: scripted_llm.task(...).)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +43,6 @@ def wait_for(check: Callable[[], object], what: str | Callable[[], str], timeout
         time.sleep(interval_s)
 
 
-def unique_task(what: str) -> str:
-    """A task text no other run of the session has, so a test finds its own run by its words."""
-    return f"{what} ({uuid.uuid4().hex[:8]})"
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by nearest rank."""
     ordered = sorted(values)
@@ -67,6 +62,13 @@ def workflow_key_mentioning(redis_client, text: str) -> str | None:
         if text in (redis_client.hget(key, "data") or ""):
             return key
     return None
+
+
+def published_run(redis_client, task: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    """The instance id of the run a published `task` started, once its conversation is in Redis
+    (the suffix of its state key: a publish answers with no id)."""
+    key = wait_for(lambda: workflow_key_mentioning(redis_client, task), f"a run of {task!r}", timeout_s)
+    return key.rsplit("_", 1)[1]
 
 
 def env_without_llm_settings() -> dict[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from helpers import unique_task, wait_for
+from helpers import wait_for
 from input_guard import MAX_TASK_BYTES
 from tools.runs.workflows import list_instances, sidecar_grpc_port
 from tools.stack.settings import LOG_DIR, ROOT, SERVICE_APP_ID, SERVICE_URL, SIDECAR_URL
@@ -109,14 +109,14 @@ def test_post_run_answers_malformed_input_clearly_and_starts_no_run(service, scr
 def test_a_task_at_the_limit_and_a_long_answer_complete_and_stall_no_other_run(service, scripted_llm):
     # dapr-agents prints each task and answer; `dapr run` stops reading the app's output at a line over
     # 64 KiB, and the app then blocks on its next print: input_guard folds long lines so that it cannot.
-    task = unique_task("At the limit") + " " + "c" * (MAX_TASK_BYTES - 64)
+    task = scripted_llm.task("At the limit") + " " + "c" * (MAX_TASK_BYTES - 64)
     scripted_llm.answer_when("At the limit", "Done with the long one")
-    long_answer = unique_task("A long answer")
+    long_answer = scripted_llm.task("A long answer")
     scripted_llm.answer_when(long_answer, "d" * 300_000)
     big, chatty = service.start_run(task), service.start_run(long_answer)
 
     for i in range(3):  # runs after them still complete
-        assert service.wait_until_done(service.start_run(unique_task(f"A short task {i}")))["runtime_status"] == \
+        assert service.wait_until_done(service.start_run(scripted_llm.task(f"A short task {i}")))["runtime_status"] == \
             "COMPLETED"
     assert service.wait_until_done(big, timeout_s=120)["runtime_status"] == "COMPLETED"
     assert service.wait_until_done(chatty, timeout_s=120)["runtime_status"] == "COMPLETED"
@@ -179,7 +179,7 @@ def test_malformed_messages_on_the_topic_start_no_run_and_block_no_later_message
     # Over its 4 MiB message limit, the sidecar itself refuses, with a status.
     too_big = _send("POST", PUBLISH, content=task_of(5_000_000), headers=JSON)
     assert too_big.status_code == 500 and "stream too large" in too_big.text
-    good_task = unique_task("A good task after bad ones")
+    good_task = scripted_llm.task("A good task after bad ones")
     scripted_llm.answer_when(good_task, "Still listening")
     assert service.sidecar.post("/v1.0/publish/agent-pubsub/assistant.topic",
                                 json={"task": good_task}).status_code == 204
@@ -196,14 +196,14 @@ def test_malformed_messages_on_the_topic_start_no_run_and_block_no_later_message
 
 def test_after_the_corpus_a_normal_task_still_completes(service, scripted_llm):
     scripted_llm.answer_next("Unbothered")
-    instance_id = service.start_run("Write a haiku about resilience.")
+    instance_id = service.start_run(scripted_llm.task("Write a haiku about resilience."))
     assert service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
 
 
 def test_make_purge_removes_one_stuck_run_and_leaves_the_others(service, scripted_llm, redis_client):
-    kept = service.start_run(unique_task("A run to keep"))
+    kept = service.start_run(scripted_llm.task("A run to keep"))
     assert service.wait_until_done(kept)["runtime_status"] == "COMPLETED"
-    stuck_task = unique_task("A run stuck at the LLM")
+    stuck_task = scripted_llm.task("A run stuck at the LLM")
     scripted_llm.hold()
     stuck = service.start_run(stuck_task)
     wait_for(lambda: scripted_llm.calls_mentioning(stuck_task), "the stuck run to reach the LLM")

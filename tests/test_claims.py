@@ -16,7 +16,7 @@ import uuid
 import httpx
 import redis
 
-from helpers import wait_for
+from helpers import published_run, wait_for
 from tools.bench.run import metric_total
 from tools.runs.workflows import history, sidecar_grpc_port
 from tools.stack import settings
@@ -29,7 +29,7 @@ LLM_COMPONENT = "llm-provider"
 
 def completed_run(service, scripted_llm, answer: str = "A haiku, as you asked") -> str:
     scripted_llm.answer_next(answer)
-    instance_id = service.start_run(f"Write a haiku about claims ({uuid.uuid4().hex[:8]})")
+    instance_id = service.start_run(scripted_llm.task("Write a haiku about claims"))
     status = service.wait_until_done(instance_id)
     assert status["runtime_status"] == "COMPLETED", status
     return instance_id
@@ -75,11 +75,12 @@ def test_the_sidecar_exports_prometheus_metrics_that_move_with_each_run(service,
     assert metric_total(after, rpcs) > metric_total(before, rpcs)
 
 
-def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(service, scripted_llm):
+def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(service, scripted_llm, redis_client):
     offset = service.log.stat().st_size
     completed_run(service, scripted_llm)
+    published = scripted_llm.task("logged")
     assert service.sidecar.post("/v1.0/publish/agent-pubsub/assistant.topic",
-                                json={"task": "logged"}).status_code == 204
+                                json={"task": published}).status_code == 204
 
     def logged_methods():
         text = service.log.read_bytes()[offset:].decode(errors="replace")
@@ -94,6 +95,8 @@ def test_api_logging_records_the_state_pubsub_workflow_and_llm_calls_of_a_run(se
                      "/TaskHubSidecarService/CompleteActivityTask",
                      "POST /v1.0/publish/agent-pubsub/assistant.topic"):  # pub/sub
         assert expected in methods, f"{expected} not in the API log: {sorted(methods)}"
+    # The published task's run is this test's: it ends here, not in a later test.
+    assert service.wait_until_done(published_run(redis_client, published))["runtime_status"] == "COMPLETED"
 
 
 # -- secrets and configuration ----------------------------------------------------
@@ -161,17 +164,17 @@ def _converse(service, text: str) -> httpx.Response:
 def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(service, scripted_llm):
     scripted_llm.hold()
     try:
-        instance_id = service.start_run("This answer never comes")
+        instance_id = service.start_run(scripted_llm.task("This answer never comes"))
         # The policy's timeout (resources/resiliency.yaml, `llm: 60s`) cuts the first held call, and the
         # retry policy asks again: a second call arrives while the first is still held.
-        wait_for(lambda: len(scripted_llm.calls_mentioning("This answer never comes")) >= 2,
+        wait_for(lambda: len(scripted_llm.task_calls()) >= 2,
                  "the LLM policy's 60 s timeout to cut the held call (and the retry to ask again)",
                  timeout_s=120, interval_s=1)
         status = service.wait_until_done(instance_id, timeout_s=240)
         held_calls = [call.answered_status for call in scripted_llm.task_calls()]
         # Right after, the LLM still hangs, but a call does not reach it: the open breaker refuses it at once.
         reached_before, asked_at = len(scripted_llm.calls), time.monotonic()
-        refused = _converse(service, "Are you there?")
+        refused = _converse(service, scripted_llm.task("Are you there?"))
         refused_after_s, reached = time.monotonic() - asked_at, len(scripted_llm.calls) - reached_before
     finally:
         scripted_llm.release()
@@ -186,8 +189,8 @@ def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(ser
     assert refused.status_code == 500 and "circuit breaker is open" in refused.text, refused.text
     assert reached == 0 and refused_after_s < 1, (reached, refused_after_s)
     # After its 30 s the breaker lets one call through; it succeeds, the circuit closes, runs complete.
-    wait_for(lambda: _converse(service, "Are you back?").status_code == 200, "the LLM circuit to close again",
-             timeout_s=60, interval_s=1)
+    wait_for(lambda: _converse(service, scripted_llm.task("Are you back?")).status_code == 200,
+             "the LLM circuit to close again", timeout_s=60, interval_s=1)
     completed_run(service, scripted_llm)
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from dapr.ext.workflow import DaprWorkflowClient
 
-from helpers import TEST_LLM_TIMEOUT, record_figure, unique_task, wait_for
+from helpers import TEST_LLM_TIMEOUT, record_figure, wait_for
 from tools.runs.workflows import sidecar_grpc_port
 from tools.stack.settings import SERVICE_APP_ID
 
@@ -49,7 +49,7 @@ def test_40_runs_started_at_once_all_wait_on_the_llm_together(patient_service, s
     from dapr_agents.tool.workflow.agent_tool import agent_workflow_id  # a 5 s import: only here
 
     workflows = DaprWorkflowClient(host="127.0.0.1", port=str(sidecar_grpc_port(SERVICE_APP_ID)))
-    marker = unique_task("concurrency")
+    marker = scripted_llm.task("concurrency")
     tasks = [f"{marker} [{i}]" for i in range(RUNS_AT_ONCE)]
     scripted_llm.hold()
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import unique_task, wait_for
+from helpers import wait_for
 from tools.runs.dashboard import in_background
 from tools.runs.screenshots import CHROMIUM, CHROMIUM_ARGS
 from tools.stack.settings import ROOT, SERVICE_APP_ID
@@ -83,7 +83,7 @@ def expect(locator):
 
 
 def completed_run(service, scripted_llm, what: str) -> tuple[str, str, str]:
-    task, answer = unique_task(what), f"An answer for {what}"
+    task, answer = scripted_llm.task(what), f"An answer for {what}"
     scripted_llm.answer_when(task, answer)
     instance_id = service.start_run(task)
     assert service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
@@ -92,7 +92,7 @@ def completed_run(service, scripted_llm, what: str) -> tuple[str, str, str]:
 
 def held_run(service, scripted_llm, what: str) -> str:
     """A run whose LLM call is in flight and held until scripted_llm.release()."""
-    task = unique_task(what)
+    task = scripted_llm.task(what)
     scripted_llm.hold()
     instance_id = service.start_run(task)
     wait_for(lambda: scripted_llm.calls_mentioning(task), "the run's LLM call", timeout_s=30)
@@ -193,7 +193,7 @@ def test_make_workflows_prints_the_columns_of_the_list(service, scripted_llm):
 
 
 def test_the_list_shows_failed_and_completed_runs_with_their_status_and_filters_by_it(service, scripted_llm, tab):
-    failing = unique_task("Every LLM call fails")
+    failing = scripted_llm.task("Every LLM call fails")
     scripted_llm.fail_next(*[500] * 20)  # more than the sidecar's and the agent's retries together
     failed_id = service.start_run(failing)
     assert service.wait_until_done(failed_id, timeout_s=120)["runtime_status"] == "FAILED"
@@ -219,6 +219,6 @@ def test_the_list_shows_failed_and_completed_runs_with_their_status_and_filters_
 
 
 def _completed_run_or_none(service, scripted_llm) -> str | None:
-    task = unique_task("Is the LLM back?")
+    task = scripted_llm.task("Is the LLM back?")
     instance_id = service.start_run(task)
     return instance_id if service.wait_until_done(instance_id, timeout_s=90)["runtime_status"] == "COMPLETED" else None

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 import psutil
@@ -26,10 +25,6 @@ from tools.proof import figures
 from tools.stack import commands as stack
 from tools.stack import processes, services, settings
 from tools.stack.settings import APP_PORT, SERVICE_APP_ID
-
-
-def _task(what: str) -> str:
-    return f"{what} ({uuid.uuid4().hex[:8]})"
 
 
 def _conversation(redis_client, instance_id: str) -> list[tuple[str, str]]:
@@ -52,7 +47,7 @@ def _wait_for_process_exit(process: psutil.Process, what: str) -> None:
 
 @pytest.mark.parametrize("victim", ["app", "sidecar"])
 def test_a_run_completes_after_its_process_is_killed_mid_llm_call(service, scripted_llm, redis_client, victim):
-    task, answer = _task(f"Survive a killed {victim}"), f"Still here after the {victim} died"
+    task, answer = scripted_llm.task(f"Survive a killed {victim}"), f"Still here after the {victim} died"
     scripted_llm.answer_when(task, answer)
     instance_id = _start_and_hold(service, scripted_llm, task)
     app, daprd = service.processes()
@@ -84,11 +79,11 @@ def test_a_run_completes_after_its_process_is_killed_mid_llm_call(service, scrip
 
 
 def test_no_acknowledged_run_is_lost_when_redis_is_killed_mid_run(service, scripted_llm, redis_client, local_stack):
-    task, answer = _task("Survive a killed Redis"), "Written down before it was acknowledged"
+    task, answer = scripted_llm.task("Survive a killed Redis"), "Written down before it was acknowledged"
     scripted_llm.answer_when(task, answer)
     instance_id = _start_and_hold(service, scripted_llm, task)
     # Acknowledged runs, and the conversation so far, must outlive Redis.
-    acknowledged = service.start_run(_task("Acknowledged just before the crash"))
+    acknowledged = service.start_run(scripted_llm.task("Acknowledged just before the crash"))
     redis_process = processes.recorded("redis")
     assert redis_process is not None, "this test needs the Redis the stack started"
     app, daprd = service.processes()
@@ -116,7 +111,7 @@ def test_no_acknowledged_run_is_lost_when_redis_is_killed_mid_run(service, scrip
 
 
 def test_a_task_published_while_the_app_is_down_runs_when_it_is_back(service, scripted_llm, redis_client, local_stack):
-    task = _task("Wait for me")
+    task = scripted_llm.task("Wait for me")
     scripted_llm.answer_when(task, "You came back")
     service.stop()
     # Another app publishes through its own sidecar while the agent is down.
@@ -161,7 +156,7 @@ DRAIN_TIMEOUT_S = 20
 def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scripted_llm, llm_env, redis_client,
                                                                   tmp_path):
     service.stop()  # make serve needs the service's ports
-    task, answer = _task("In flight at SIGTERM"), "Answered during the drain"
+    task, answer = scripted_llm.task("In flight at SIGTERM"), "Answered during the drain"
     scripted_llm.answer_when(task, answer)
     registry_entry = f"{SERVICE_APP_ID}||agents:default:Assistant"
     with open(tmp_path / "serve.log", "wb") as log:
@@ -205,7 +200,7 @@ def test_sigterm_on_make_serve_drains_and_leaves_nothing_listening(service, scri
 def test_make_serve_stops_the_app_and_exits_non_zero_when_the_drain_deadline_passes(service, scripted_llm, llm_env,
                                                                                     tmp_path):
     service.stop()
-    task, answer = _task("Still held at the deadline"), "Finished after the restart"
+    task, answer = scripted_llm.task("Still held at the deadline"), "Finished after the restart"
     scripted_llm.answer_when(task, answer)
     with open(tmp_path / "serve.log", "wb") as log:
         serve = _make_serve(llm_env, 3, log)

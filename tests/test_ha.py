@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 
 import httpx
 import psutil
@@ -98,7 +97,7 @@ def test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothi
             assert _listen_addresses(members) == {HA_HOSTS[int(name[-1])], settings.LOOPBACK}, name
         with httpx.Client(timeout=30) as client:  # a run through each replica, its status read on another
             for k, port in enumerate(HA_APP_PORTS):
-                task = f"ha smoke {uuid.uuid4().hex[:8]}"
+                task = scripted_llm.task("ha smoke")
                 instance_id = client.post(f"http://127.0.0.1:{port}/run", json={"task": task}).json()["instance_id"]
                 status = wait_for(lambda k=k, i=instance_id: _completed(client, HA_APP_PORTS[k - 1], i), task)
                 assert json.loads(status["serialized_output"])["content"] == DEFAULT_ANSWER
@@ -154,7 +153,7 @@ def test_every_run_completes_and_http_runs_exactly_once_while_placement_schedule
         ha_cluster, scripted_llm, redis_client):
     cluster = ha_cluster
     scripted_llm.set_delay(LLM_DELAY_S)
-    load = SteadyLoad(uuid.uuid4().hex[:8], RATE_PER_S, max_runs=3 * RUNS)
+    load = SteadyLoad(scripted_llm.task("steady load"), RATE_PER_S, max_runs=3 * RUNS)
     seen_done: set[str] = set()
     faults: list[dict] = []
     started = time.monotonic()

@@ -5,7 +5,6 @@ in flight completes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,11 +12,13 @@ import subprocess
 
 import psutil
 
-from helpers import processes_mentioning, stack_processes, unique_task, wait_for
+from helpers import processes_mentioning, stack_processes, wait_for
+from tools.runs.workflows import history_from_redis
 from tools.stack import commands as stack
-from tools.stack import processes, services, settings
+from tools.stack import console, processes, services, settings
 
 ALL_PORTS = settings.STACK_PORTS | settings.SERVICE_PORTS
+ONE_SHOT_TASK = "Write a haiku about programming."
 
 
 def _make(target: str, env: dict[str, str], started: list[subprocess.Popen]) -> subprocess.Popen:
@@ -45,7 +46,7 @@ def test_a_hard_kill_of_make_serve_leaves_nothing_serving_and_the_run_completes_
     service.stop()
     # `make serve` is to start the whole stack itself, as on a fresh machine.
     session_services = [name for name in ("zipkin", "scheduler", "placement", "redis") if processes.stop(name)]
-    task = unique_task("In flight at a hard kill")
+    task = scripted_llm.task("In flight at a hard kill")
     scripted_llm.answer_when(task, "Finished after the hard kill")
     commands: list[subprocess.Popen] = []
     try:
@@ -82,11 +83,14 @@ def test_a_hard_kill_of_make_serve_leaves_nothing_serving_and_the_run_completes_
 
 
 def test_a_hard_kill_of_make_run_leaves_nothing_running_and_the_next_run_works(local_stack, scripted_llm, llm_env):
+    # durable_agent_minimal.py always asks this: the calls that mention it are this test's runs'.
+    scripted_llm.claim(ONE_SHOT_TASK)
     scripted_llm.hold()
     commands: list[subprocess.Popen] = []
     try:
         first = _make("run", llm_env, commands)
         wait_for(lambda: scripted_llm.task_calls(), "the one-shot run's LLM call to arrive", timeout_s=120)
+        killed_run = console.STARTED.search(stack.ONE_SHOT_LOG.read_text(errors="replace"))["id"]
         app = processes_mentioning("durable_agent_minimal.py")
         assert app, "the one-shot app is not running"
 
@@ -95,9 +99,8 @@ def test_a_hard_kill_of_make_run_leaves_nothing_running_and_the_next_run_works(l
         def left() -> list[str]:
             return [" ".join(p.cmdline())[:150] for p in processes_mentioning("durable-agent-minimal",
                                                                                  "durable_agent_minimal.py")]
-        with contextlib.suppress(BaseException):
-            wait_for(lambda: not left(), "the killed run's dapr run, daprd and app to end", timeout_s=30)
-        assert left() == []
+        wait_for(lambda: not left(), lambda: f"the killed run's dapr run, daprd and app to end: {left()} are left",
+                 timeout_s=30)
     finally:
         scripted_llm.release()
         for command in commands:
@@ -109,3 +112,8 @@ def test_a_hard_kill_of_make_run_leaves_nothing_running_and_the_next_run_works(l
     assert " COMPLETED in " in second.stdout.strip().splitlines()[-1]
     # The stack the session started is still there, untouched by either run.
     assert all(processes.recorded(name) for name in ("redis", "placement", "scheduler"))
+    # The killed run is not left behind for a later `make run` to finish: this next one resumed it (its
+    # reminder is due at once, and it has fewer steps left than the new run has) and it completed.
+    killed_history = history_from_redis(settings.MINIMAL_APP_ID, killed_run)
+    assert killed_history[-1]["type"] == "executionCompleted" and killed_history[-1]["name"] == "COMPLETED", \
+        f"the run killed mid LLM call did not complete in the next make run: {killed_history[-3:]}"

@@ -4,18 +4,23 @@ manifest and the dapr/dapr chart rendered with our Helm values, after the
 Dapr 1.18.2 CRDs are installed in it; and the Kubernetes files are compared
 with resources/, the sidecar annotations with Dapr's source, the secrets with
 the commands in docs/kubernetes.md. Nothing here schedules a pod, pulls an
-image or runs Dapr on Kubernetes."""
+image or runs Dapr on Kubernetes; the image's files are checked by starting
+the service from exactly them, on the suite's local stack."""
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
@@ -26,17 +31,30 @@ from redis.retry import Retry
 from helpers import wait_for
 from tools.proof import kube_check
 from tools.stack import commands as stack
-from tools.stack.processes import die_with_parent, port_in_use, rel, require_free, stop_group
+from tools.stack.llm import choose_llm
+from tools.stack.processes import (
+    StackError,
+    die_with_parent,
+    port_in_use,
+    rel,
+    require_free,
+    spawn,
+    stop_dapr_run,
+    stop_group,
+    wait_until,
+)
 from tools.stack.settings import (
     APP_PORT,
     DAPR_RUNTIME_VERSION,
     FACTS,
     LOG_DIR,
+    NAME_RESOLUTION_DB,
     PYTHON_MIN_VERSION,
     RESOURCES_DIR,
     ROOT,
     SECURE_DIR,
     SERVICE_APP_ID,
+    SERVICE_URL,
     SIDECAR_METRICS_PORT,
 )
 
@@ -293,3 +311,194 @@ def test_the_demo_redis_command_line_starts_a_redis_that_wants_the_password_and_
     finally:
         client.close()
         stop_group(process)
+
+
+# --- the image's file set, started for real -----------------------------------------------
+# No Docker engine here, so the image is not built: its files are. What the Dockerfile's COPY lines take
+# from the build context (the repository) that its ignore file lets in is laid out as the image would
+# hold it, and the service is started from that folder under the README's `dapr run` flags. The
+# virtualenv stands for the base image and `pip install -r requirements.txt`.
+DOCKERFILE = kube_check.DEPLOY_DIR / "Dockerfile"
+# The RUN lines whose effect is known: the requirements (the virtualenv has them) and the user. Any
+# other RUN may add files to the image that no COPY line shows: the reader refuses it.
+KNOWN_RUNS = (re.compile(r"pip install -r requirements\.txt"),
+              re.compile(r"useradd --uid \d+ --no-create-home --shell /usr/sbin/nologin \w+"))
+
+
+class UnderstoodNot(ValueError):
+    """A Dockerfile or ignore-file construct this small reader does not know how Docker treats."""
+
+
+@dataclass
+class ImageFiles:
+    files: dict[str, Path]  # each file's path in the image -> the file of the build context it comes from
+    workdir: str
+    env: dict[str, str]
+    cmd: list[str]
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, its arguments), in order: comment lines dropped, continued lines joined."""
+    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    instructions = []
+    for line in re.sub(r"\\[ \t]*\n", " ", kept).splitlines():
+        if line.strip():
+            keyword, _, arguments = line.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def ignore_patterns(text: str) -> list[str]:
+    patterns = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for pattern in patterns:
+        if "**" in pattern or any(c in pattern for c in "[]\\") or pattern.removeprefix("!").startswith("/"):
+            raise UnderstoodNot(f"ignore pattern {pattern!r}: only names with * and ? are understood here")
+    return patterns
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the ignore file keeps `path` (relative to the context) out of the build context, as Docker
+    decides: the last pattern that matches the path or a folder above it wins; `!` lets it in again."""
+    parts, left_out = path.split("/"), False
+    for pattern in patterns:
+        name = pattern.removeprefix("!")
+        regex = re.compile("".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in name))
+        if any(regex.fullmatch("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            left_out = not pattern.startswith("!")
+    return left_out
+
+
+def image_files(dockerfile: Path, context: Path) -> ImageFiles:
+    """The files the image built from `dockerfile` with `context` holds (beside its base image's), its
+    working directory, environment and command; UnderstoodNot for anything else the Dockerfile does."""
+    patterns = ignore_patterns(dockerfile.with_name(dockerfile.name + ".dockerignore").read_text())
+    image = ImageFiles({}, "/", {}, [])
+    for keyword, arguments in dockerfile_instructions(dockerfile.read_text()):
+        if keyword in ("FROM", "USER", "EXPOSE"):
+            continue  # the base image is the virtualenv's Python; a user and a port add no file
+        if keyword == "WORKDIR":
+            image.workdir = posixpath.join(image.workdir, arguments)
+        elif keyword == "ENV":
+            for pair in arguments.split():
+                name, equals, value = pair.partition("=")
+                if not equals or any(c in value for c in "\"'$"):
+                    raise UnderstoodNot(f"ENV {arguments}: only NAME=value pairs without quotes are understood")
+                image.env[name] = value
+        elif keyword == "RUN":
+            if not any(known.fullmatch(arguments) for known in KNOWN_RUNS):
+                raise UnderstoodNot(f"RUN {arguments}: what it adds to the image is not known here")
+        elif keyword == "COPY":
+            *sources, destination = arguments.split()
+            if arguments.startswith(("-", "[")) or not sources or any(c in arguments for c in "*?[$"):
+                raise UnderstoodNot(f"COPY {arguments}: only plain `COPY source... destination` is understood")
+            target = posixpath.normpath(posixpath.join(image.workdir, destination))
+            into_folder = destination.endswith("/") or target == posixpath.normpath(image.workdir)
+            if len(sources) > 1 and not into_folder:
+                raise UnderstoodNot(f"COPY {arguments}: several sources need a destination folder ending in /")
+            for source in sources:
+                _copy_into(image, source, target, into_folder, context, patterns)
+        elif keyword == "CMD":
+            image.cmd = json.loads(arguments) if arguments.startswith("[") else []
+            if not image.cmd or not all(isinstance(part, str) for part in image.cmd):
+                raise UnderstoodNot(f"CMD {arguments}: only the JSON form is understood")
+        else:
+            raise UnderstoodNot(f"{keyword} {arguments}: not an instruction this reader understands")
+    return image
+
+
+def _copy_into(image: ImageFiles, source: str, target: str, into_folder: bool, context: Path,
+               patterns: list[str]) -> None:
+    relative = posixpath.normpath(source)
+    if relative.startswith("..") or posixpath.isabs(relative):
+        raise UnderstoodNot(f"COPY {source}: outside the build context")
+    path = context / relative
+    if not path.exists() or (relative != "." and ignored(relative, patterns)):
+        # What `docker build` says then: "failed to compute cache key: ... not found".
+        raise FileNotFoundError(f"COPY {source}: not in the build context (its ignore file leaves it out, "
+                                "or it does not exist)")
+    if path.is_file():
+        image.files[posixpath.join(target, path.name) if into_folder else target] = path
+        return
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        inside = file.relative_to(context).as_posix()
+        if not ignored(inside, patterns):
+            image.files[posixpath.join(target, file.relative_to(path).as_posix())] = file
+
+
+def lay_out(image: ImageFiles, root: Path) -> Path:
+    """The image's files under `root`; returns its working directory there."""
+    for image_path, source in image.files.items():
+        (root / image_path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / image_path.lstrip("/"))
+    workdir = root / image.workdir.lstrip("/")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def test_the_image_reader_follows_the_ignore_rules_and_refuses_what_it_does_not_understand(tmp_path):
+    patterns = ignore_patterns("# only two files\n*\n!a.py\n!docs/b.md\n")
+    assert [ignored(path, patterns) for path in ("a.py", "c.py", "docs/b.md", "docs/c.md", "lib/a.py")] == [
+        False, True, False, True, True]
+    (tmp_path / "a.py").write_text("print('a')\n")
+    (tmp_path / "c.py").write_text("print('c')\n")
+    (tmp_path / "Dockerfile.dockerignore").write_text("*\n!a.py\n")
+    dockerfile = tmp_path / "Dockerfile"
+
+    def read(instructions: str) -> ImageFiles:
+        dockerfile.write_text(f"FROM python:3.11-slim\nWORKDIR /app\n{instructions}\n")
+        return image_files(dockerfile, tmp_path)
+
+    assert read('COPY a.py ./\nCMD ["python", "a.py"]').files == {"/app/a.py": tmp_path / "a.py"}
+    with pytest.raises(FileNotFoundError, match="COPY c.py: not in the build context"):
+        read("COPY c.py ./")
+    for construct in ("ADD a.py ./", "COPY --chown=1:1 a.py ./", "COPY *.py ./", "RUN echo hi > b.py",
+                      "ENTRYPOINT [\"python\"]", "CMD python a.py"):
+        with pytest.raises(UnderstoodNot):
+            read(construct)
+    (tmp_path / "Dockerfile.dockerignore").write_text("**/*.py\n")
+    with pytest.raises(UnderstoodNot):
+        read("COPY a.py ./")
+
+
+def _finished_run(instance_id: str) -> dict | None:
+    response = httpx.get(f"{SERVICE_URL}/run/{instance_id}", timeout=30)
+    # 500: known, a status read while the run's state is half written in Redis (helpers.Service.wait_until_done).
+    status = response.json() if response.status_code == 200 else {}
+    return status if status.get("runtime_status") in ("COMPLETED", "FAILED", "TERMINATED") else None
+
+
+def test_the_service_starts_and_serves_from_exactly_the_files_the_image_holds(local_stack, scripted_llm, tmp_path):
+    image = image_files(DOCKERFILE, ROOT)
+    workdir = lay_out(image, tmp_path / "image")
+    assert image.cmd and image.cmd[-1] in {posixpath.basename(path) for path in image.files}, image
+    # The service as the pod runs it: the image's command, environment and files, beside a sidecar with the
+    # README's flags; the components are the suite's (on Kubernetes they are cluster resources, not files).
+    llm = choose_llm(scripted_llm.client_env())
+    resources = shutil.copytree(llm.resources, tmp_path / "resources")
+    config = tmp_path / "config.yaml"  # the CLI's default configuration, its relative SQLite path made absolute
+    default_config = (local_stack.runtime_path or Path.home()) / ".dapr" / "config.yaml"
+    config.write_text(default_config.read_text().replace(".stack/nameresolution.db", str(NAME_RESOLUTION_DB)))
+    flags = stack.SERVICE_APP[:stack.SERVICE_APP.index("--")]
+    argv, env = stack.dapr_run(local_stack, [*flags, "--", *image.cmd], llm, resources=resources, config=config,
+                               base_env=scripted_llm.client_env())
+    env = {name: value for name, value in env.items() if name != "PYTHONPATH"} | image.env
+    stop_dapr_run("service")  # the session's service holds the ports; the `service` fixture starts it again
+    log = LOG_DIR / "image-service.log"
+    process = spawn("image-service", argv, env=env, cwd=workdir, log=log)
+    try:
+        try:
+            wait_until(lambda: stack.service_ready(env), "the service", process=process, log=log)
+        except StackError as exc:
+            # The app's own last words, which the sidecar's lines in the log's tail would hide.
+            app_lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("== APP ==")]
+            pytest.fail(f"the service did not start from the image's files {sorted(image.files)}: "
+                        f"{str(exc).splitlines()[0]}\n" + "\n".join(app_lines[-8:]))
+        task = scripted_llm.task("Write a haiku from inside the image")
+        scripted_llm.answer_when(task, "Nine files fewer, still it runs")
+        response = httpx.post(f"{SERVICE_URL}/run", json={"task": task}, timeout=30)
+        assert response.status_code == 200, response.text
+        status = wait_for(lambda: _finished_run(response.json()["instance_id"]), "the run to finish")
+        assert status["runtime_status"] == "COMPLETED", status
+        assert json.loads(status["serialized_output"])["content"] == "Nine files fewer, still it runs"
+    finally:
+        stop_dapr_run("image-service")

@@ -19,7 +19,6 @@ import re
 import signal
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime
 
 import httpx
@@ -148,11 +147,11 @@ def _tasks_asked(scripted_llm, pattern: re.Pattern) -> dict[tuple[str, bool], in
 
 @pytest.mark.timeout(LOAD_DEADLINE_S + 60)
 def test_400_concurrent_tasks_over_http_and_pubsub_all_complete_exactly_once(service, scripted_llm, redis_client):
-    marker = uuid.uuid4().hex[:8]
-    http_tasks = [f"load {marker} http [{i}]" for i in range(TASKS_PER_TRIGGER)]
-    pubsub_tasks = [f"load {marker} pubsub [{i}]" for i in range(TASKS_PER_TRIGGER)]
+    marker = scripted_llm.task("load")
+    http_tasks = [f"{marker} http [{i}]" for i in range(TASKS_PER_TRIGGER)]
+    pubsub_tasks = [f"{marker} pubsub [{i}]" for i in range(TASKS_PER_TRIGGER)]
     every_task = set(http_tasks) | set(pubsub_tasks)
-    pattern = re.compile(rf"load {marker} (?:http|pubsub) \[\d+\]")
+    pattern = re.compile(rf"{re.escape(marker)} (?:http|pubsub) \[\d+\]")
     deadline = time.monotonic() + LOAD_DEADLINE_S
 
     started = datetime.now(UTC)
@@ -215,8 +214,8 @@ def test_runs_in_flight_finish_on_the_survivor_when_a_replica_is_killed(service,
                              and processes.http_ok("http://127.0.0.1:3502/v1.0/healthz"), "the second replica",
                              process=replica, log=settings.LOG_DIR / "replica.log")
         scripted_llm.set_delay(0.5)  # keep LLM calls in flight while the replica dies
-        marker = uuid.uuid4().hex[:8]
-        tasks = [f"replica {marker} [{i}]" for i in range(REPLICA_RUNS)]
+        marker = scripted_llm.task("replica")
+        tasks = [f"{marker} [{i}]" for i in range(REPLICA_RUNS)]
         with httpx.Client(timeout=30) as client:
             # Both replicas start runs; placement spreads the workflow and activity actors over both.
             ids = [client.post(f"http://127.0.0.1:{8002 if i % 2 else 8001}/run", json={"task": task})

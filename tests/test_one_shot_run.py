@@ -14,6 +14,8 @@ from helpers import env_without_llm_settings, processes_mentioning
 from tools.stack import processes, settings
 
 RUN_TIMEOUT_S = 180
+# durable_agent_minimal.py's task; a test that runs it claims the text, so the calls that mention it are its runs'.
+ONE_SHOT_TASK = "Write a haiku about programming."
 
 
 def make_run(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -34,7 +36,8 @@ def minimal_app_processes() -> list[psutil.Process]:
 
 
 def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, scripted_llm):
-    scripted_llm.answer_next("Semicolons rest\nwhere the compiler once sang;\nthe build is green now.")
+    scripted_llm.claim(ONE_SHOT_TASK)
+    scripted_llm.answer_when(ONE_SHOT_TASK, "Semicolons rest\nwhere the compiler once sang;\nthe build is green now.")
 
     result = make_run(llm_env)
 
@@ -43,7 +46,7 @@ def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, 
     answer = printed_answer(result.stdout)
     assert answer["role"] == "assistant" and answer["name"] == "Assistant"
     assert answer["content"] == "Semicolons rest\nwhere the compiler once sang;\nthe build is green now."
-    assert scripted_llm.task_calls()[0].messages[-1]["content"] == "Write a haiku about programming."
+    assert scripted_llm.task_calls()[0].messages[-1]["content"] == ONE_SHOT_TASK
     summary = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"\[stack\] run [0-9a-f]{32} COMPLETED in [0-9.]+ s; answer: \"Semicolons rest / where the "
                         r"compiler once sang; / the build is green now\.\"; its history: make history ID=[0-9a-f]{32} "
@@ -52,12 +55,14 @@ def test_make_run_prints_the_answer_of_the_configured_llm(local_stack, llm_env, 
 
 
 def test_make_run_without_an_llm_uses_dapr_echo_and_says_so(local_stack, scripted_llm):
+    scripted_llm.claim(ONE_SHOT_TASK)  # had the run reached the scripted LLM, its calls would be logged here
+
     result = make_run(env_without_llm_settings())
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "conversation.echo" in result.stdout and "ECHOES your prompt" in result.stdout
     # Echo answers with the text it was sent, so the prompt comes back.
-    assert printed_answer(result.stdout)["content"].endswith("Write a haiku about programming.")
+    assert printed_answer(result.stdout)["content"].endswith(ONE_SHOT_TASK)
     # Echo cannot write the memory summary; dapr-agents' traceback for it is folded into one line.
     assert "Traceback" not in result.stdout + result.stderr
     assert "echo cannot write the JSON memory summary" in result.stdout

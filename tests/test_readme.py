@@ -10,7 +10,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from helpers import wait_for
 from tools.stack import commands as stack
+from tools.stack.settings import SERVICE_APP_ID
 
 README_LINES_MAX = 200
 PAGES = {path.relative_to(stack.ROOT).as_posix(): path.read_text()
@@ -124,10 +126,23 @@ def test_every_make_target_the_readme_and_the_docs_mention_exists():
         assert named - targets == set(), f"{page} mentions make targets that do not exist"
 
 
-def test_the_readme_commands_work_against_the_running_service(service, scripted_llm, local_stack):
-    scripted_llm.answer_next("Readme haiku")
-    instance_id = service.start_run("Write a haiku for the README test.")
+# The task of the README's POST /run and publish commands.
+README_TASK = "Write a haiku about programming."
+
+
+def runs_asking(redis_client, text: str) -> set[str]:
+    """The instance ids of the service's runs whose conversation mentions `text`."""
+    keys = redis_client.scan_iter(match=f"{SERVICE_APP_ID}||assistant:_workflow_*", count=1000)
+    return {key.rsplit("_", 1)[1] for key in keys if text in (redis_client.hget(key, "data") or "")}
+
+
+def test_the_readme_commands_work_against_the_running_service(service, scripted_llm, local_stack, redis_client):
+    scripted_llm.claim(README_TASK)  # the runs the README's commands start are this test's
+    task = scripted_llm.task("Write a haiku for the README test.")
+    scripted_llm.answer_when(task, "Readme haiku")
+    instance_id = service.start_run(task)
     assert service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
+    earlier_runs = runs_asking(redis_client, README_TASK)
 
     here = [c for _, c in all_commands() if any(re.fullmatch(p, c) for p in RUN_HERE)]
     assert len(here) >= len(RUN_HERE)  # each pattern has at least one command in the README or the docs
@@ -148,6 +163,18 @@ def test_the_readme_commands_work_against_the_running_service(service, scripted_
         for prefix, text in expected.items():
             if concrete.startswith(prefix):
                 assert text in result.stdout, f"{concrete}\n{result.stdout[:2000]}"
+
+    # The runs that the POST /run and the publish started end here, not during a later test.
+    starting_runs = [c for c in dict.fromkeys(here) if c.startswith("curl -i -X POST")]
+
+    def readme_runs() -> set[str] | None:
+        found = runs_asking(redis_client, README_TASK) - earlier_runs
+        return found if len(found) >= len(starting_runs) else None
+
+    started = wait_for(readme_runs, f"a run of each of {starting_runs}")
+    assert len(started) == len(starting_runs), started
+    for run in started:
+        assert service.wait_until_done(run)["runtime_status"] == "COMPLETED"
 
 
 def test_every_test_the_readme_and_the_docs_name_exists():

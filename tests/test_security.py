@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from helpers import listeners_beyond_loopback, stack_processes, wait_for, workflow_key_mentioning
+from helpers import listeners_beyond_loopback, published_run, stack_processes, wait_for, workflow_key_mentioning
 from tools.ha import cluster as ha
 from tools.stack import processes, secure, services, settings
 from tools.stack.settings import SERVICE_APP_ID
@@ -113,11 +113,11 @@ def test_with_an_app_token_only_the_sidecar_reaches_the_agent(service, scripted_
     service.env["APP_API_TOKEN"] = "local-app-token"
     try:
         service.start()
-        direct = service.http.post("/run", json={"task": "Write a haiku without a token."})
-        wrong = service.http.post("/run", json={"task": "Write a haiku with the wrong token."},
+        direct = service.http.post("/run", json={"task": scripted_llm.task("Write a haiku without a token.")})
+        wrong = service.http.post("/run", json={"task": scripted_llm.task("Write a haiku with the wrong token.")},
                                   headers={"dapr-api-token": "guessed"})
         through_dapr = service.sidecar.post(f"/v1.0/invoke/{SERVICE_APP_ID}/method/run",
-                                            json={"task": "Write a haiku through Dapr."})
+                                            json={"task": scripted_llm.task("Write a haiku through Dapr.")})
 
         assert (direct.status_code, wrong.status_code) == (401, 401)
         assert "requires APP_API_TOKEN" in direct.text
@@ -238,8 +238,9 @@ def test_with_an_api_token_the_sidecar_refuses_calls_without_it(secure_service, 
     try:
         secure_service.start()
         publish = "/v1.0/publish/agent-pubsub/assistant.topic"
-        without = secure_service.sidecar.post(publish, json={"task": "no token"})
-        with_token = secure_service.sidecar.post(publish, json={"task": "Write a haiku with a token."},
+        without = secure_service.sidecar.post(publish, json={"task": scripted_llm.task("no token")})
+        published = scripted_llm.task("Write a haiku with a token.")
+        with_token = secure_service.sidecar.post(publish, json={"task": published},
                                                  headers={"dapr-api-token": "local-test-token"})
         health = secure_service.sidecar.get("/v1.0/healthz")
 
@@ -248,8 +249,12 @@ def test_with_an_api_token_the_sidecar_refuses_calls_without_it(secure_service, 
         assert health.status_code == 204  # health checks need no token
         # The app itself keeps working: the SDK sends the token from its environment.
         scripted_llm.answer_next("Tokens everywhere")
-        instance_id = secure_service.start_run("Write a haiku behind a token.")
+        instance_id = secure_service.start_run(scripted_llm.task("Write a haiku behind a token."))
         assert secure_service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
+        # The published task's run is this test's too: it ends here, before the service stops.
+        with redis.Redis(port=settings.REDIS_PORT, password=secure.redis_password(), decode_responses=True) as store:
+            published_id = published_run(store, published)
+        assert secure_service.wait_until_done(published_id)["runtime_status"] == "COMPLETED"
     finally:
         secure_service.stop()
         del secure_service.env["DAPR_API_TOKEN"]
@@ -272,9 +277,10 @@ def test_in_secure_mode_redis_wants_a_password_that_only_the_secret_store_gives_
 
     # With it, the sidecar's state, workflow and memory reach Redis: a run completes and is stored.
     scripted_llm.answer_next("Locked and keyed")
-    instance_id = secure_service.start_run("Write a haiku about a password.")
+    task = scripted_llm.task("Write a haiku about a password.")
+    instance_id = secure_service.start_run(task)
     assert secure_service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
-    assert workflow_key_mentioning(authenticated, "a haiku about a password") is not None
+    assert workflow_key_mentioning(authenticated, task) is not None
 
     # The app may not read it through the Secrets API.
     denied = secure_service.sidecar.get("/v1.0/secrets/redis-secretstore/redis-password")
@@ -308,12 +314,13 @@ def test_in_secure_mode_the_ha_stack_speaks_tls_on_every_host_and_serves_runs(se
 
         with httpx.Client(timeout=30) as client:
             started = {}  # app URL -> the id of the run started there over HTTP
+            prefix = scripted_llm.task("secure ha")
             for i, host in enumerate(settings.HA_HOSTS):
                 app = f"http://127.0.0.1:{settings.HA_APP_PORTS[i]}"
-                run = client.post(f"{app}/run", json={"task": f"secure ha {i} over http"})
+                run = client.post(f"{app}/run", json={"task": f"{prefix} {i} over http"})
                 started[app] = run.json()["instance_id"]
                 published = client.post(f"http://{host}:{settings.HA_SIDECAR_HTTP_PORTS[i]}/v1.0/publish/"
-                                        "agent-pubsub/assistant.topic", json={"task": f"secure ha {i} over pub/sub"})
+                                        "agent-pubsub/assistant.topic", json={"task": f"{prefix} {i} over pub/sub"})
                 assert published.status_code == 204, published.text
 
             def completed(app: str, instance_id: str) -> bool:
@@ -324,5 +331,5 @@ def test_in_secure_mode_the_ha_stack_speaks_tls_on_every_host_and_serves_runs(se
             # A published run asks the LLM twice, for its answer and its summary (test_ha.py). Any replica may take a
             # published task; one its sidecar took but could not hand over is handed out again after 60 s.
             wait_for(lambda: all(completed(app, i) for app, i in started.items())
-                     and all(len(scripted_llm.calls_mentioning(f"secure ha {i} over pub/sub")) >= 2 for i in range(3)),
+                     and all(len(scripted_llm.calls_mentioning(f"{prefix} {i} over pub/sub")) >= 2 for i in range(3)),
                      "the runs started through each replica to complete", timeout_s=150, interval_s=1)

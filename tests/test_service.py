@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 import uuid
 
-from helpers import wait_for, workflow_key_mentioning
+from helpers import published_run
 from tools.stack.settings import SERVICE_APP_ID
 
 
-def unique_task(what: str) -> str:
-    return f"{what} ({uuid.uuid4().hex[:8]})"
-
-
 def test_post_run_returns_the_instance_id_and_the_run_completes_with_the_llm_answer(service, scripted_llm):
-    answer = unique_task("Bytes fall like rain")
+    task, answer = scripted_llm.task("Write a haiku about programming."), "Bytes fall like rain"
     scripted_llm.answer_next(answer)
 
-    response = service.http.post("/run", json={"task": "Write a haiku about programming."})
+    response = service.http.post("/run", json={"task": task})
 
     assert response.status_code == 200
     body = response.json()
@@ -26,7 +22,7 @@ def test_post_run_returns_the_instance_id_and_the_run_completes_with_the_llm_ans
     assert len(instance_id) == 32 and body["status_url"] == f"/run/{instance_id}"
     status = service.wait_until_done(instance_id)
     assert status["runtime_status"] == "COMPLETED"
-    assert json.loads(status["serialized_input"]) == {"task": "Write a haiku about programming."}
+    assert json.loads(status["serialized_input"]) == {"task": task}
     assert json.loads(status["serialized_output"])["content"] == answer
     # One call for the answer and one for the summary dapr-agents stores in memory.
     assert len(scripted_llm.task_calls()) == 1
@@ -41,7 +37,7 @@ def test_status_of_an_unknown_instance_is_404(service):
 
 
 def test_a_task_published_to_assistant_topic_starts_a_run_that_completes(service, scripted_llm, redis_client):
-    task = unique_task("Write a haiku about queues")
+    task = scripted_llm.task("Write a haiku about queues")
     scripted_llm.answer_next("Messages wait in line")
     # The app subscribed (a streaming subscription, opened before its HTTP port) and its sidecar lists it.
     subscriptions = service.sidecar.get("/v1.0/metadata").json().get("subscriptions", [])
@@ -51,17 +47,14 @@ def test_a_task_published_to_assistant_topic_starts_a_run_that_completes(service
     response = service.sidecar.post("/v1.0/publish/agent-pubsub/assistant.topic", json={"task": task})
 
     assert response.status_code == 204
-    # The run's id is the suffix of the state key holding its conversation.
-    key = wait_for(lambda: workflow_key_mentioning(redis_client, task), f"a run of {task!r}")
-    instance_id = key.rsplit("_", 1)[1]
-    status = service.wait_until_done(instance_id)
+    status = service.wait_until_done(published_run(redis_client, task))
     assert status["runtime_status"] == "COMPLETED"
     assert json.loads(status["serialized_output"])["content"] == "Messages wait in line"
     assert len(scripted_llm.calls_mentioning(task)) == 2  # the answer, then the summary
 
 
 def test_the_conversation_of_a_run_is_persisted_in_redis(service, scripted_llm, redis_client):
-    task = unique_task("Write a haiku about state")
+    task = scripted_llm.task("Write a haiku about state")
     scripted_llm.answer_next("State survives the crash")
     instance_id = service.start_run(task)
     assert service.wait_until_done(instance_id)["runtime_status"] == "COMPLETED"
