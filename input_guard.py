@@ -243,7 +243,9 @@ class OneRunPerMessage(subscription._StreamSubscriber):
 
     def _dispatch(self, binding, parsed) -> TopicEventResponse:
         run_input, event = subscription._serialize_workflow_input(parsed)
-        instance_id = topic_run_id(event or {})
+        if not (event or {}).get("id"):  # Dapr gives every message one; without it, no id to derive from
+            return super()._dispatch(binding, parsed)
+        instance_id = topic_run_id(event)
         try:
             # The sidecar refuses an id whose run is still going (ALREADY_EXISTS), but starts a finished
             # run (COMPLETED, FAILED, TERMINATED) again from scratch: so look first.
@@ -251,18 +253,15 @@ class OneRunPerMessage(subscription._StreamSubscriber):
             if existing is not None:
                 # A warning: the app logs nothing quieter, and a message delivered again is worth a line.
                 logger.warning("message %s on the agent's topic already has its run %s (%s): nothing started",
-                               (event or {}).get("id"), instance_id, existing.runtime_status.name)
+                               event["id"], instance_id, existing.runtime_status.name)
                 return TopicEventResponse(subscription.STATUS_SUCCESS)
             self.wf_client.schedule_new_workflow(workflow=binding.handler, input=run_input, instance_id=instance_id)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # another delivery scheduled it meanwhile
+        except Exception as error:
+            # ALREADY_EXISTS: another delivery of the message scheduled the run meanwhile.
+            if not (isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.ALREADY_EXISTS):
                 logger.exception("could not schedule the run of a message on the agent's topic; Redis will "
                                  "hand it out again")
                 return TopicEventResponse(subscription.STATUS_RETRY)
-        except Exception:
-            logger.exception("could not schedule the run of a message on the agent's topic; Redis will hand "
-                             "it out again")
-            return TopicEventResponse(subscription.STATUS_RETRY)
         return TopicEventResponse(subscription.STATUS_SUCCESS)  # acknowledged: its run is durable from here
 
 
