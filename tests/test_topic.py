@@ -122,7 +122,8 @@ def test_the_same_cloudevent_published_twice_runs_once(topic_service, scripted_l
     started = _instances() - before
     assert started == set(first), f"the CloudEvent started {len(started)} runs: {started}"
     again = topic_service.status(first[0])  # not started again from scratch under the same id
-    assert (again["runtime_status"], again["created_at"]) == ("COMPLETED", done["created_at"]), again
+    assert (again["runtime_status"], again["created_at"]) == ("COMPLETED", done["created_at"]), \
+        f"the finished run was started again under its id: {again['runtime_status']}, created {again['created_at']}"
     assert _calls(scripted_llm, task) == {"answer": 1, "summary": 1}
     assert f"already has its run {first[0]}" in _log_since_last_start(topic_service), \
         "the second delivery was not seen by the service"
