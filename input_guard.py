@@ -15,12 +15,15 @@ doors, and the service script uses it through `GuardedRunner` instead of
   saying why; it starts no run;
 - with APP_API_TOKEN set, only callers that send it get in (the sidecar sends
   it as `dapr-api-token`); dapr-agents' routes do not check it themselves;
-- no line the app prints is longer than `dapr run` can read (see FoldedLines).
+- no line the app prints is longer than `dapr run` can read (see FoldedLines);
+- the topic starts one run per published task, and does not wait for it
+  (see OneRunPerMessage).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import io
 import json
@@ -30,8 +33,11 @@ import os
 import re
 import sys
 
+import grpc
 import uvicorn
+from dapr.clients.grpc._response import TopicEventResponse
 from dapr_agents.workflow.runners import AgentRunner
+from dapr_agents.workflow.utils import subscription
 from fastapi import FastAPI
 
 # The scheduler stores each activity's input, and the LLM call's input holds the
@@ -212,6 +218,53 @@ def fold_long_output_lines() -> None:
             handler.setStream(streams[id(handler.stream)])
 
 
+def topic_run_id(event: dict) -> str:
+    """The instance id of the run a message starts: the same for every delivery of one CloudEvent.
+
+    The CloudEvents spec makes `source` + `id` unique per event: a redelivery by Redis and a resend by
+    another Dapr app keep both, and a plain-JSON publish gets a fresh id from the publisher's sidecar.
+    Instance ids are already per app id (each app's workflows are its own actors), so the app id is left out.
+    """
+    key = "\n".join(str(event.get(field) or "") for field in ("pubsubname", "topic", "source", "id"))
+    return "topic-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class OneRunPerMessage(subscription._StreamSubscriber):
+    """dapr-agents 1.0.9's topic consumer, with one change in how a checked message becomes a run.
+
+    Upstream (dapr_agents/workflow/utils/subscription.py, `_dispatch` -> `_schedule_standalone` ->
+    `_schedule_workflow`; docs/upstream.md) runs each message in its own `asyncio.run`, schedules it with a
+    fresh instance id and starts a task that waits for the run to end, which that `asyncio.run` waits for:
+    the topic handles one message at a time, each until its run is over, and a redelivered message (Redis
+    hands it out again when it was not acknowledged: the app died, or took over `processingTimeout`) starts
+    a second run of the same task. Here the run's id comes from the message, a message whose run exists
+    starts nothing, and the message is acknowledged as soon as its run is scheduled.
+    """
+
+    def _dispatch(self, binding, parsed) -> TopicEventResponse:
+        run_input, event = subscription._serialize_workflow_input(parsed)
+        if not (event or {}).get("id"):  # Dapr gives every message one; without it, no id to derive from
+            return super()._dispatch(binding, parsed)
+        instance_id = topic_run_id(event)
+        try:
+            # The sidecar refuses an id whose run is still going (ALREADY_EXISTS), but starts a finished
+            # run (COMPLETED, FAILED, TERMINATED) again from scratch: so look first.
+            existing = self.wf_client.get_workflow_state(instance_id, fetch_payloads=False)
+            if existing is not None:
+                # A warning: the app logs nothing quieter, and a message delivered again is worth a line.
+                logger.warning("message %s on the agent's topic already has its run %s (%s): nothing started",
+                               event["id"], instance_id, existing.runtime_status.name)
+                return TopicEventResponse(subscription.STATUS_SUCCESS)
+            self.wf_client.schedule_new_workflow(workflow=binding.handler, input=run_input, instance_id=instance_id)
+        except Exception as error:
+            # ALREADY_EXISTS: another delivery of the message scheduled the run meanwhile.
+            if not (isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.ALREADY_EXISTS):
+                logger.exception("could not schedule the run of a message on the agent's topic; Redis will "
+                                 "hand it out again")
+                return TopicEventResponse(subscription.STATUS_RETRY)
+        return TopicEventResponse(subscription.STATUS_SUCCESS)  # acknowledged: its run is durable from here
+
+
 class GuardedRunner(AgentRunner):
     """AgentRunner with the checks above on its HTTP route and on its topic."""
 
@@ -226,6 +279,14 @@ class GuardedRunner(AgentRunner):
         level = logging.getLogger("dapr_agents.workflow.runners.agent").getEffectiveLevel()
         uvicorn.run(app, host=host, port=port, log_level=logging.getLevelName(level).lower())
         return app
+
+    def _wire_pubsub_routes(self, **options) -> None:
+        # dapr-agents builds its consumer inside; this is the one place to hand it OneRunPerMessage.
+        library_consumer, subscription._StreamSubscriber = subscription._StreamSubscriber, OneRunPerMessage
+        try:
+            super()._wire_pubsub_routes(**options)
+        finally:
+            subscription._StreamSubscriber = library_consumer
 
     def _build_pubsub_specs(self, agent, config):  # dapr-agents 1.0.9's hook for the topic's routes
         return [dataclasses.replace(spec, payload_filter=accepts_message)
