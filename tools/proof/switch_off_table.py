@@ -49,6 +49,12 @@ NO_INPUT_GUARD = ("the service runs dapr-agents' own AgentRunner, without input_
 HA_CLAIM = ("runs as 3 replicas with 3 placement and 3 scheduler nodes; under load, survives a dead replica, "
             "placement leader or scheduler node and a frozen host")
 LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the LLM at once"
+TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
+               "runs wait on the LLM at once")
+# dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
+# starts a second run of its task.
+FRESH_ID_PER_DELIVERY = Edit("input_guard.py", "input=run_input, instance_id=instance_id)",
+                             "input=run_input, instance_id=None)")
 WORKFLOW_STATE_IN_MEMORY = Edit("resources/agent-workflow.yaml", "  type: state.redis\n", "  type: state.in-memory\n")
 SIGTERM_INSTEAD_OF_SIGINT = Edit("tools/stack/processes.py", "app.send_signal(signal.SIGINT)",
                                  "app.send_signal(signal.SIGTERM)")
@@ -216,10 +222,12 @@ SWITCH_OFFS = [
               because=r"tasks never reached the LLM|runs unfinished"),
     SwitchOff(LOAD_CLAIM,
               "test_load.py::test_400_concurrent_tasks_over_http_and_pubsub_all_complete_exactly_once",
-              "the runner forgets the CloudEvent ids it handled (dapr-agents' TTLDedupeBackend off, "
-              "input_guard.py), and Redis hands a message out again when it is not acknowledged within 2 s "
-              "(processingTimeout, redeliverInterval) instead of 60 s",
-              (Edit("resources/agent-pubsub.yaml", '      value: ""\n',
+              "each delivery of a message gets a fresh run id (dapr-agents' way) and the runner forgets the "
+              "CloudEvent ids it handled (its TTLDedupeBackend off; both input_guard.py), and Redis hands a "
+              "message out again when it is not acknowledged within 2 s (processingTimeout, "
+              "redeliverInterval) instead of 60 s",
+              (FRESH_ID_PER_DELIVERY,
+               Edit("resources/agent-pubsub.yaml", '      value: ""\n',
                     '      value: ""\n    - name: processingTimeout\n      value: "2s"\n'
                     '    - name: redeliverInterval\n      value: "2s"\n'),
                Edit("input_guard.py", "class GuardedRunner(AgentRunner):\n",
@@ -228,6 +236,23 @@ SWITCH_OFFS = [
                     "dapr_agents.workflow.runners.agent.TTLDedupeBackend = _no_dedupe\n\n\n"
                     "class GuardedRunner(AgentRunner):\n")),
               because=r"# none twice"),
+    SwitchOff(TOPIC_CLAIM, "test_topic.py::test_the_same_cloudevent_published_twice_runs_once",
+              "each delivery of a message gets a fresh run id (dapr-agents' way, input_guard.py)",
+              (FRESH_ID_PER_DELIVERY,), because=r"the CloudEvent started 2 runs"),
+    SwitchOff(TOPIC_CLAIM, "test_topic.py::test_the_same_cloudevent_published_twice_runs_once",
+              "the runner does not look for the message's run before scheduling it, and the sidecar starts a "
+              "finished run again under the same id (input_guard.py)",
+              (Edit("input_guard.py", "if existing is not None:", "if False:"),),
+              because=r"the finished run was started again under its id"),
+    SwitchOff(TOPIC_CLAIM, "test_topic.py::test_a_message_redelivered_after_its_app_was_killed_runs_once",
+              "each delivery of a message gets a fresh run id (dapr-agents' way, input_guard.py)",
+              (FRESH_ID_PER_DELIVERY,), because=r"the message started 2 runs"),
+    SwitchOff(TOPIC_CLAIM, "test_topic.py::test_dozens_of_published_tasks_wait_on_the_llm_together",
+              "the topic is handled by dapr-agents' own consumer, one message at a time until its run ends "
+              "(input_guard.py)",
+              (Edit("input_guard.py", "subscription._StreamSubscriber, OneRunPerMessage",
+                    "subscription._StreamSubscriber, subscription._StreamSubscriber"),),
+              because=r"32 topic runs waiting on the LLM at once"),
     SwitchOff(HA_CLAIM,
               "test_ha.py::test_every_run_completes_and_http_runs_exactly_once_while_placement_scheduler_replica_and_host_fail",
               "the workflow state store is in each sidecar's memory, so the replicas share no run state",
