@@ -16,7 +16,7 @@ import uuid
 import httpx
 import redis
 
-from helpers import published_run, wait_for
+from helpers import TEST_LLM_TIMEOUT, published_run, wait_for
 from tools.bench.run import metric_total
 from tools.runs.workflows import history, sidecar_grpc_port
 from tools.stack import settings
@@ -165,10 +165,10 @@ def test_a_hanging_llm_is_cut_by_the_timeout_and_the_run_fails_with_a_reason(ser
     scripted_llm.hold()
     try:
         instance_id = service.start_run(scripted_llm.task("This answer never comes"))
-        # The policy's timeout (resources/resiliency.yaml, `llm: 60s`) cuts the first held call, and the
-        # retry policy asks again: a second call arrives while the first is still held.
+        # The policy's timeout (`llm:` in resources/resiliency.yaml; TEST_LLM_TIMEOUT in the tests' copy) cuts
+        # the first held call, and the retry policy asks again: a second call arrives while the first is held.
         wait_for(lambda: len(scripted_llm.task_calls()) >= 2,
-                 "the LLM policy's 60 s timeout to cut the held call (and the retry to ask again)",
+                 f"the LLM policy's timeout ({TEST_LLM_TIMEOUT}) to cut the held call (and the retry to ask again)",
                  timeout_s=120, interval_s=1)
         status = service.wait_until_done(instance_id, timeout_s=240)
         held_calls = [call.answered_status for call in scripted_llm.task_calls()]

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 
-from helpers import env_without_llm_settings, unique_task
+from helpers import env_without_llm_settings
 from tools.bench import report
 from tools.proof import figures
 from tools.stack import settings
@@ -147,7 +147,7 @@ def test_the_troubleshooting_table_quotes_the_error_the_runtime_build_prints_wit
 def test_make_workflows_and_make_history_print_what_this_page_shows(service, scripted_llm):
     instance_ids = []
     for what in ("a listed run", "a run's history"):
-        task = unique_task(f"Write a haiku about {what}.")
+        task = scripted_llm.task(f"Write a haiku about {what}.")
         scripted_llm.answer_when(task, "Five, seven, then five:\nthe run is listed in full,\nits history too.")
         instance_ids.append(service.start_run(task))
         assert service.wait_until_done(instance_ids[-1])["runtime_status"] == "COMPLETED"

@@ -25,7 +25,7 @@ import httpx
 import psutil
 import pytest
 
-from helpers import TEST_LLM_TIMEOUT, record_figure, unique_task, wait_for
+from helpers import TEST_LLM_TIMEOUT, record_figure, wait_for
 from tools.runs.workflows import list_instances, sidecar_grpc_port
 from tools.stack.settings import SERVICE_APP_ID, SIDECAR_URL
 
@@ -107,7 +107,7 @@ def _log_since_last_start(service) -> str:
 
 
 def test_the_same_cloudevent_published_twice_runs_once(topic_service, scripted_llm, redis_client):
-    task, event_id = unique_task("Once per CloudEvent"), str(uuid.uuid4())
+    task, event_id = scripted_llm.task("Once per CloudEvent"), str(uuid.uuid4())
     before = _instances()
     _publish(_cloudevent(event_id, task), "application/cloudevents+json")
     first = wait_for(lambda: _runs_of(redis_client, task), "the run of the first publish")
@@ -130,7 +130,7 @@ def test_the_same_cloudevent_published_twice_runs_once(topic_service, scripted_l
 
 
 def test_a_message_redelivered_after_its_app_was_killed_runs_once(topic_service, scripted_llm, redis_client):
-    task = unique_task("Once after a killed app")
+    task = scripted_llm.task("Once after a killed app")
     # Redis refuses the sidecar's acknowledgement (XACK), so the message stays pending as if the app had died
     # between scheduling its run and acknowledging it; then the app is killed.
     before = _instances()
@@ -162,7 +162,7 @@ def test_a_message_redelivered_after_its_app_was_killed_runs_once(topic_service,
 
 
 def test_dozens_of_published_tasks_wait_on_the_llm_together(topic_service, scripted_llm, redis_client):
-    marker = unique_task("topic concurrency")
+    marker = scripted_llm.task("topic concurrency")
     tasks = [f"{marker} [{i}]" for i in range(PUBLISHED_AT_ONCE)]
     scripted_llm.hold()
     try:
