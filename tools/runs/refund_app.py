@@ -1,0 +1,73 @@
+"""examples/approval/refund_agent.py under `dapr run`, in the background: for its demo and its tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from tools.stack import commands as stack
+from tools.stack.llm import choose_llm
+from tools.stack.processes import http_ok, recorded, require_free, spawn, stop_dapr_run, wait_until
+from tools.stack.runtime import DaprRuntime
+from tools.stack.settings import (
+    APPROVAL_APP_ID,
+    APPROVAL_APP_PORT,
+    APPROVAL_SIDECAR_HTTP_PORT,
+    APPROVAL_SIDECAR_METRICS_PORT,
+)
+
+SCRIPT = "examples/approval/refund_agent.py"
+# The `dapr run` of examples/approval/README.md: the stack's components plus the refunds store.
+APPROVAL_APP = ["--app-id", APPROVAL_APP_ID, "--resources-path", "./resources",
+                "--resources-path", "./examples/approval/resources", "-p", str(APPROVAL_APP_PORT),
+                "--log-level", "warn", f"--metrics-port={APPROVAL_SIDECAR_METRICS_PORT}",
+                f"--dapr-http-port={APPROVAL_SIDECAR_HTTP_PORT}", "--", "python", SCRIPT]
+PORTS = {"refund agent": APPROVAL_APP_PORT, "its sidecar HTTP": APPROVAL_SIDECAR_HTTP_PORT,
+         "its sidecar metrics": APPROVAL_SIDECAR_METRICS_PORT}
+APP_URL = f"http://127.0.0.1:{APPROVAL_APP_PORT}"
+NAME = "refund-agent"  # what the stack records its `dapr run` as
+
+
+class RefundApp:
+    """The refund agent's `dapr run`, restartable; `script` replaces the agent script (a test's wrapper)."""
+
+    def __init__(self, runtime: DaprRuntime, llm_env: dict[str, str], log: Path,
+                 env: dict[str, str] | None = None, script: str = SCRIPT) -> None:
+        app = [script if arg == SCRIPT else arg for arg in APPROVAL_APP]
+        self.argv, self.env = stack.dapr_run(runtime, app, choose_llm(llm_env), base_env=llm_env)
+        self.env |= env or {}
+        self.log = log
+
+    def start(self, append: bool = False) -> None:
+        require_free(PORTS, grace_s=10)  # a sidecar just killed may still be letting go
+        process = spawn(NAME, self.argv, env=self.env, log=self.log, append=append)
+        wait_until(ready, "refund_agent.py under dapr run", process=process, log=self.log)
+
+    def processes(self) -> tuple[psutil.Process, psutil.Process]:
+        """(the app, its daprd), children of the recorded `dapr run`."""
+        cli = recorded(NAME)
+        if cli is None:
+            raise LookupError("the refund agent is not running")
+        children = cli.children()
+        return next(p for p in children if p.name() != "daprd"), next(p for p in children if p.name() == "daprd")
+
+    def stop(self) -> None:
+        stop_dapr_run(NAME)
+
+
+def ready() -> bool:
+    return (http_ok(f"http://127.0.0.1:{APPROVAL_SIDECAR_HTTP_PORT}/v1.0/healthz")
+            and http_ok(f"{APP_URL}/hitl/approvals"))
+
+
+@contextlib.contextmanager
+def refund_app_running(runtime: DaprRuntime, llm_env: dict[str, str], log: Path, **kwargs) -> Iterator[RefundApp]:
+    app = RefundApp(runtime, llm_env, log, **kwargs)
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
