@@ -20,15 +20,14 @@ import sys
 import time
 
 import httpx
-import redis
 
 from tools.runs.approvals import answer, describe, waiting_approval
-from tools.runs.refund_app import APP_URL, RefundApp
+from tools.runs.refund_app import APP_URL, RefundApp, refund_records
 from tools.runs.workflows import history, sidecar_grpc_port
 from tools.stack import commands as stack
 from tools.stack.processes import StackError, alive, stop_dapr_run, wait_until
 from tools.stack.scripted_llm import ScriptedLLM
-from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR, REDIS_PORT
+from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR
 
 ORDER_ID = "A-1042"
 TASK = f"Order {ORDER_ID} arrived broken; please refund the customer's 42.50 EUR."
@@ -42,16 +41,6 @@ def say(message: str) -> None:
 
 def clock(started: float) -> str:
     return f"{time.monotonic() - started:5.1f} s:"
-
-
-def refunds_recorded(order_id: str) -> list[str]:
-    """The refund records of the order in the refunds store (Redis keys `<app id>||refund:...`)."""
-    client = redis.Redis(port=REDIS_PORT, decode_responses=True)
-    try:
-        return [client.hget(key, "data") for key in client.scan_iter(match=f"{APPROVAL_APP_ID}||refund:*")
-                if order_id in (client.hget(key, "data") or "")]
-    finally:
-        client.close()
 
 
 def wait_for_status(client: httpx.Client, instance_id: str) -> dict:
@@ -92,7 +81,7 @@ def demo(llm: ScriptedLLM) -> str:
                 say(f"{clock(started)} the model called the tool; the run waits for a human:")
                 print(f"  {describe(waiting)}")
                 say(f"  (it waits for the event {waiting['event']}; refunds recorded so far: "
-                    f"{len(refunds_recorded(ORDER_ID))})")
+                    f"{len(refund_records(ORDER_ID))})")
                 app_process, daprd = app.processes()
                 for process in (app_process, daprd):
                     process.send_signal(signal.SIGKILL)
@@ -123,10 +112,11 @@ def show_run(instance_id: str, status: dict) -> None:
     for row in rows:
         print(f"  {row['event_id']:>4}  {row['type']:<24} {row['name'][:52]:<52}")
     say(f"the answer: {json.loads(status['serialized_output'])['content']}")
-    records = refunds_recorded(ORDER_ID)
-    say(f"refunds recorded for order {ORDER_ID}: {len(records)}")
+    records = refund_records(ORDER_ID)
+    say(f"refunds recorded for order {ORDER_ID}: {len(records)} (the version Redis keeps of each record counts "
+        "its writes)")
     for record in records:
-        print(f"  {record}")
+        print(f"  {record['key']}  version {record.get('version')}  {record.get('data')}")
 
 
 def main() -> int:

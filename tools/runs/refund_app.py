@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import redis
 
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
@@ -17,6 +18,7 @@ from tools.stack.settings import (
     APPROVAL_APP_PORT,
     APPROVAL_SIDECAR_HTTP_PORT,
     APPROVAL_SIDECAR_METRICS_PORT,
+    REDIS_PORT,
 )
 
 SCRIPT = "examples/approval/refund_agent.py"
@@ -71,3 +73,15 @@ def refund_app_running(runtime: DaprRuntime, llm_env: dict[str, str], log: Path,
         yield app
     finally:
         app.stop()
+
+
+def refund_records(order_id: str) -> list[dict]:
+    """The order's refund records in the refunds store, read from Redis: each one's key, its data, and its
+    version, which Dapr's Redis state store raises at every write (1: written once, whatever the retries)."""
+    client = redis.Redis(port=REDIS_PORT, decode_responses=True)
+    try:
+        keys = client.scan_iter(match=f"{APPROVAL_APP_ID}||refund:*")
+        records = [{"key": key, **client.hgetall(key)} for key in keys]
+    finally:
+        client.close()
+    return [record for record in records if f'"{order_id}"' in record.get("data", "")]

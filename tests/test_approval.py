@@ -1,0 +1,184 @@
+"""examples/approval/refund_agent.py: a tool call behind a human's approval, exactly once through crashes.
+
+The scripted LLM plays a model that calls `refund(order_id, amount)` for the task and, once the tool
+answered, says "Done: <the tool's result>". Each test uses an order id of its own, so the refund records
+(keys `refund-agent||refund:<order>` in Redis) are its own too."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import httpx
+import pytest
+
+from helpers import wait_for
+from tools.runs.approvals import answer, waiting_approval
+from tools.runs.refund_app import APP_URL, NAME, RefundApp, refund_records
+from tools.runs.workflows import sidecar_grpc_port
+from tools.stack.processes import alive, recorded, stop_dapr_run
+from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR
+
+# Long enough for a kill and a restart while a run waits; the timeout test runs an app with a short one.
+APPROVAL_TIMEOUT_S = 60
+SHORT_TIMEOUT_S = 3
+FINAL = "Done: {tool_result}"
+NOT_EXECUTED = "Tool 'refund' was not executed: approval was not granted or timed out."
+
+
+@pytest.fixture(scope="module")
+def refund_app_config(local_stack, llm_env):
+    app = RefundApp(local_stack, llm_env, LOG_DIR / "refund-agent-tests.log",
+                    env={"APPROVAL_TIMEOUT_S": str(APPROVAL_TIMEOUT_S)})
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def refund_app(refund_app_config: RefundApp) -> RefundApp:
+    """The module's refund agent, started again if an earlier test stopped it or ran one of its own."""
+    if recorded(NAME) is None:
+        refund_app_config.start(append=True)
+    return refund_app_config
+
+
+def order_and_task(scripted_llm, amount: float) -> tuple[str, str]:
+    order_id = f"T-{uuid.uuid4().hex[:8]}"
+    task = scripted_llm.task(f"Please refund {amount} EUR for order {order_id}.")
+    scripted_llm.call_tool_when(task, "refund", {"order_id": order_id, "amount": amount}, FINAL)
+    return order_id, task
+
+
+def start_run(task: str) -> str:
+    response = httpx.post(f"{APP_URL}/run", json={"task": task}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["instance_id"]
+
+
+def wait_for_approval_request(instance_id: str) -> dict:
+    return wait_for(lambda: waiting_approval(instance_id, sidecar_grpc_port(APPROVAL_APP_ID)),
+                    f"run {instance_id} to wait for an approval")
+
+
+def wait_until_done(instance_id: str, timeout_s: float = 60) -> dict:
+    def done():
+        response = httpx.get(f"{APP_URL}/run/{instance_id}", timeout=30)
+        if response.status_code != 200:  # 500: a half-written state read; the next read is fine
+            return None
+        status = response.json()
+        return status if status["runtime_status"] in {"COMPLETED", "FAILED", "TERMINATED"} else None
+
+    return wait_for(done, f"run {instance_id} to finish", timeout_s)
+
+
+def final_answer(status: dict) -> str:
+    assert status["runtime_status"] == "COMPLETED", status
+    return json.loads(status["serialized_output"])["content"]
+
+
+def tool_messages(scripted_llm, task: str) -> list[str]:
+    """What the tool answered, as the LLM was given it."""
+    return [str(m.get("content")) for call in scripted_llm.calls_mentioning(task) for m in call.messages
+            if m.get("role") == "tool"]
+
+
+def test_approved_refund_runs_once_and_the_answer_uses_its_result(refund_app, scripted_llm):
+    order_id, task = order_and_task(scripted_llm, 42.5)
+    instance_id = start_run(task)
+    waiting = wait_for_approval_request(instance_id)
+    assert (waiting["tool"], waiting["arguments"]) == ("refund", {"order_id": order_id, "amount": 42.5})
+    assert refund_records(order_id) == [], "the refund was recorded before anyone approved it"
+    answer(instance_id, True, sidecar_grpc_port(APPROVAL_APP_ID))
+    result = f"refunded 42.50 EUR for order {order_id}"
+    assert final_answer(wait_until_done(instance_id)) == f"Done: {result}"
+    assert tool_messages(scripted_llm, task) == [result]
+    records = refund_records(order_id)
+    assert [r.get("version") for r in records] == ["1"], f"refund records after approval: {records}"
+
+
+def test_denied_refund_never_runs_and_the_run_says_so(refund_app, scripted_llm):
+    order_id, task = order_and_task(scripted_llm, 10.0)
+    instance_id = start_run(task)
+    wait_for_approval_request(instance_id)
+    answer(instance_id, False, sidecar_grpc_port(APPROVAL_APP_ID))
+    assert final_answer(wait_until_done(instance_id)) == f"Done: {NOT_EXECUTED}"
+    assert refund_records(order_id) == [], "the refund was recorded although it was denied"
+
+
+def test_no_answer_before_the_timeout_is_a_denial(refund_app_config, local_stack, llm_env, scripted_llm):
+    stop_dapr_run(NAME)
+    app = RefundApp(local_stack, llm_env, LOG_DIR / "refund-agent-tests.log",
+                    env={"APPROVAL_TIMEOUT_S": str(SHORT_TIMEOUT_S)})
+    app.start(append=True)
+    try:
+        order_id, task = order_and_task(scripted_llm, 7.0)
+        instance_id = start_run(task)
+        asked = wait_for_approval_request(instance_id)
+        assert asked["seconds_left"] <= SHORT_TIMEOUT_S
+        started = time.monotonic()
+        assert final_answer(wait_until_done(instance_id, timeout_s=30)) == f"Done: {NOT_EXECUTED}"
+        assert time.monotonic() - started < 30
+        assert refund_records(order_id) == [], "the refund was recorded although nobody approved it"
+    finally:
+        app.stop()  # the next test starts the module's app again
+
+
+def test_sigkill_of_app_and_sidecar_while_waiting_then_approve(refund_app, scripted_llm):
+    order_id, task = order_and_task(scripted_llm, 42.5)
+    instance_id = start_run(task)
+    asked = wait_for_approval_request(instance_id)
+    app, daprd = refund_app.processes()
+    for process in (app, daprd):
+        process.send_signal(signal.SIGKILL)
+    wait_for(lambda: not alive(app) and not alive(daprd), "the killed app and sidecar to be gone")
+    stop_dapr_run(NAME)
+    refund_app.start(append=True)
+    assert wait_for_approval_request(instance_id)["event"] == asked["event"]
+    answer(instance_id, True, sidecar_grpc_port(APPROVAL_APP_ID))
+    assert final_answer(wait_until_done(instance_id)) == f"Done: refunded 42.50 EUR for order {order_id}"
+    records = refund_records(order_id)
+    assert [r.get("version") for r in records] == ["1"], f"refund records after the crash: {records}"
+
+
+def test_retried_tool_activity_does_not_repeat_the_refund(refund_app_config, local_stack, llm_env, scripted_llm,
+                                                          tmp_path):
+    """The app dies (SIGKILL) right after the tool's write, before its activity completed; the sidecar runs
+    the activity again after the restart, and the refund is still written once."""
+    stop_dapr_run(NAME)
+    marker = tmp_path / "crashed-after-refund"
+    app = RefundApp(local_stack, llm_env, LOG_DIR / "refund-agent-tests.log",
+                    env={"APPROVAL_TIMEOUT_S": str(APPROVAL_TIMEOUT_S), "REFUND_CRASH_MARKER": str(marker)},
+                    script="tests/refund_crash_after_record.py")
+    app.start(append=True)
+    try:
+        order_id, task = order_and_task(scripted_llm, 42.5)
+        instance_id = start_run(task)
+        wait_for_approval_request(instance_id)
+        killed_app, _ = app.processes()
+        answer(instance_id, True, sidecar_grpc_port(APPROVAL_APP_ID))
+        wait_for(lambda: marker.exists() and not alive(killed_app), "the app to die right after the refund's write")
+        stop_dapr_run(NAME)
+        app.start(append=True)
+        assert final_answer(wait_until_done(instance_id)) == f"Done: refunded 42.50 EUR for order {order_id}"
+        records = refund_records(order_id)
+        assert [r.get("version") for r in records] == ["1"], f"refund written again by the retry: {records}"
+    finally:
+        app.stop()
+
+
+def test_a_tool_that_raises_gives_its_error_to_the_llm(refund_app, scripted_llm):
+    order_id, task = order_and_task(scripted_llm, -5.0)
+    instance_id = start_run(task)
+    wait_for_approval_request(instance_id)
+    answer(instance_id, True, sidecar_grpc_port(APPROVAL_APP_ID))
+    wait_until_done(instance_id)
+    # dapr-agents' tool executor catches the error first and hands run_tool an MCP-style error result
+    # (docs/tools.md): the message is kept, the exception's type is not.
+    (given,) = tool_messages(scripted_llm, task)
+    error = json.loads(given)
+    assert error["isError"] is True, given
+    assert "a refund must be positive, not -5.0" in error["content"][0]["text"], given
+    assert final_answer(wait_until_done(instance_id)) == f"Done: {given}"
+    assert refund_records(order_id) == []
