@@ -20,7 +20,7 @@ import pytest
 from helpers import wait_for
 from tools.proof import figures
 from tools.runs.approvals import answer, waiting_approval
-from tools.runs.refund_app import APP_URL, NAME, RefundApp, refund_records
+from tools.runs.refund_app import APP_URL, APPROVAL_APP, NAME, RefundApp, refund_records
 from tools.runs.workflows import sidecar_grpc_port
 from tools.stack.processes import alive, recorded, stop_dapr_run
 from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR, ROOT
@@ -267,3 +267,8 @@ def test_make_approval_demo_prints_what_docs_tools_md_shows(refund_app_config):
     problems = figures.sample_problems("sample: make approval-demo", out,
                                        varies=lambda line: line.startswith("[stack]") or re.match(r"-?\d+ \w+", line))
     assert not problems, "\n".join(problems)
+
+
+def test_the_examples_readme_runs_what_the_demo_and_the_tests_run():
+    readme = (ROOT / "examples" / "approval" / "README.md").read_text()
+    assert "    dapr run " + " ".join(APPROVAL_APP) + "\n" in readme
