@@ -272,3 +272,25 @@ def test_make_approval_demo_prints_what_docs_tools_md_shows(refund_app_config):
 def test_the_examples_readme_runs_what_the_demo_and_the_tests_run():
     readme = (ROOT / "examples" / "approval" / "README.md").read_text()
     assert "    dapr run " + " ".join(APPROVAL_APP) + "\n" in readme
+
+
+def test_the_dashboard_shows_a_waiting_run_and_approves_or_denies_it(refund_app, scripted_llm):
+    from fastapi.testclient import TestClient
+
+    from tools.runs.dashboard import build_app
+
+    dashboard = TestClient(build_app(APPROVAL_APP_ID), base_url="http://localhost")
+    outcomes = {}
+    for action in ("approve", "deny"):
+        order_id, task = order_and_task(scripted_llm, 12.5)
+        instance_id = start_run(task)
+        wait_for_approval_request(instance_id)
+        shown = dashboard.get(f"/api/runs/{instance_id}").json()["approval"]
+        assert (shown["tool"], shown["arguments"]) == ("refund", {"order_id": order_id, "amount": 12.5}), shown
+        assert 0 < shown["seconds_left"] <= APPROVAL_TIMEOUT_S, shown
+        response = dashboard.post(f"/api/runs/{instance_id}/{action}", headers={"X-Dashboard": "1"})
+        assert response.status_code == 200, response.text
+        outcomes[action] = (final_answer(wait_until_done(instance_id)), len(refund_records(order_id)))
+        assert dashboard.get(f"/api/runs/{instance_id}").json()["approval"] is None
+    assert outcomes["approve"][1] == 1 and outcomes["approve"][0].startswith("Done: refunded 12.50 EUR"), outcomes
+    assert outcomes["deny"] == (f"Done: {NOT_EXECUTED}", 0), outcomes

@@ -36,6 +36,11 @@ def waiting_approval(instance_id: str, grpc_port: int) -> dict | None:
     """What run `instance_id` waits for: {instance_id, tool, arguments, event, deadline, seconds_left}, or None."""
     events = _stub(grpc_port).GetInstanceHistory(pb.GetInstanceHistoryRequest(instanceId=instance_id),
                                                  metadata=_metadata(), timeout=10).events
+    return approval_awaited(instance_id, list(events))
+
+
+def approval_awaited(instance_id: str, events: list) -> dict | None:
+    """waiting_approval(), from the run's history events."""
     request, deadline, answered = None, None, set()
     for event in events:
         kind = event.WhichOneof("eventType")
