@@ -102,11 +102,20 @@ def test_approved_refund_runs_once_and_the_answer_uses_its_result(refund_app, sc
     assert [r.get("version") for r in records] == ["1"], f"refund records after approval: {records}"
 
 
+def make_approve(*args: str) -> str:
+    result = subprocess.run(["make", "-s", "approve", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_denied_refund_never_runs_and_the_run_says_so(refund_app, scripted_llm):
+    """Denied from a terminal: `make approve` lists the run, `make approve ID=<instance> DENY=1` answers it."""
     order_id, task = order_and_task(scripted_llm, 10.0)
     instance_id = start_run(task)
     wait_for_approval_request(instance_id)
-    answer(instance_id, False, sidecar_grpc_port(APPROVAL_APP_ID))
+    assert re.search(rf"^{instance_id}  refund\(order_id='{order_id}', amount=10.0\)  \d+ s left$",
+                     make_approve(), re.MULTILINE)
+    assert make_approve(f"ID={instance_id}", "DENY=1").startswith(f"denied: {instance_id}  refund(")
     assert final_answer(wait_until_done(instance_id)) == f"Done: {NOT_EXECUTED}"
     assert refund_records(order_id) == [], "the refund was recorded although it was denied"
 
