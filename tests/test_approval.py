@@ -303,3 +303,29 @@ def test_the_dashboard_shows_a_waiting_run_and_approves_or_denies_it(refund_app,
         assert dashboard.get(f"/api/runs/{instance_id}").json()["approval"] is None
     assert outcomes["approve"][1] == 1 and outcomes["approve"][0].startswith("Done: refunded 12.50 EUR"), outcomes
     assert outcomes["deny"] == (f"Done: {NOT_EXECUTED}", 0), outcomes
+
+
+def test_an_approval_sent_through_the_replica_that_did_not_ask_completes_the_run(refund_app, local_stack, llm_env,
+                                                                                  scripted_llm):
+    """Two replicas of the agent (one app id). The request sits in the runner's list of the one whose process
+    ran the publishing activity only, and the other's /respond route answers 404 (upstream's per-process
+    dict); the event raised through the other replica's sidecar still reaches the run."""
+    second = RefundApp(local_stack, llm_env, LOG_DIR / "refund-agent-replica-2.log",
+                       env={"APPROVAL_TIMEOUT_S": str(APPROVAL_TIMEOUT_S)}, second_replica=True)
+    second.start()
+    try:
+        order_id, task = order_and_task(scripted_llm, 42.5)
+        instance_id = start_run(task)
+        request_id = wait_for_approval_request(instance_id)["event"].removeprefix("approval_response_")
+        replicas = (refund_app, second)
+        listed = [request_id in [entry["approval_request_id"] for entry in httpx.get(f"{r.url}/hitl/approvals").json()]
+                  for r in replicas]
+        assert listed.count(True) == 1, f"the request is in the lists of {listed.count(True)} replicas, not 1"
+        other = replicas[listed.index(False)]
+        refused = httpx.post(f"{other.url}/hitl/approvals/{request_id}/respond", json={"approved": True}, timeout=30)
+        assert refused.status_code == 404, refused.text
+        answer(instance_id, True, other.sidecar_grpc_port())
+        assert final_answer(wait_until_done(instance_id)) == f"Done: refunded 42.50 EUR for order {order_id}"
+        assert [r.get("version") for r in refund_records(order_id)] == ["1"]
+    finally:
+        second.stop()
