@@ -16,12 +16,14 @@ import uuid
 
 import httpx
 import pytest
+from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
+from google.protobuf.wrappers_pb2 import StringValue
 
 from helpers import wait_for
 from tools.proof import figures
-from tools.runs.approvals import answer, waiting_approval
+from tools.runs.approvals import answer, waiting_approval, waiting_approvals
 from tools.runs.refund_app import APP_URL, APPROVAL_APP, NAME, RefundApp, refund_records
-from tools.runs.workflows import sidecar_grpc_port
+from tools.runs.workflows import _stub, sidecar_grpc_port
 from tools.stack.processes import alive, recorded, stop_dapr_run
 from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR, ROOT
 
@@ -55,8 +57,8 @@ def order_and_task(scripted_llm, amount: float) -> tuple[str, str]:
     return order_id, task
 
 
-def start_run(task: str) -> str:
-    response = httpx.post(f"{APP_URL}/run", json={"task": task}, timeout=30)
+def start_run(task: str, timeout_s: float = 30) -> str:
+    response = httpx.post(f"{APP_URL}/run", json={"task": task}, timeout=timeout_s)
     assert response.status_code == 200, response.text
     return response.json()["instance_id"]
 
@@ -213,6 +215,7 @@ def test_a_tool_that_raises_gives_its_error_to_the_llm(refund_app, scripted_llm)
 
 
 WAITING_RUNS = 100
+AGENT_WORKFLOW = "dapr.agents.Refunds.workflow"  # the agent's workflow, as its runs' history names it
 MEASURE_WINDOW_S = 10.0
 
 
@@ -220,6 +223,31 @@ def usage(process) -> dict:
     with process.oneshot():
         return {"rss_mb": process.memory_info().rss / 2**20, "threads": process.num_threads(),
                 "cpu_s": sum(process.cpu_times()[:2])}
+
+
+@pytest.mark.known_limitation
+def test_the_runners_post_run_holds_a_thread_until_the_run_ends(refund_app, scripted_llm):
+    """dapr-agents' POST /run (detached, log=True) watches each run to its end with
+    asyncio.to_thread(wait_for_workflow_completion): a thread of the app's default executor,
+    min(32, cores + 4) of them, per unfinished run. When that many runs wait for a human, the next
+    POST /run waits for a free thread too: it is answered only when one of them ends."""
+    app_process, _ = refund_app.processes()
+    executor_threads = min(32, (len(app_process.cpu_affinity()) or 1) + 4)
+    grpc_port = sidecar_grpc_port(APPROVAL_APP_ID)
+    runs = [start_run(order_and_task(scripted_llm, 1.0)[1]) for _ in range(executor_threads)]
+    for instance_id in runs:
+        wait_for_approval_request(instance_id)
+    with pytest.raises(httpx.ReadTimeout):
+        start_run(order_and_task(scripted_llm, 1.0)[1], timeout_s=5)
+    for instance_id in runs:  # deny them: their threads come free, and the queued POST /run goes through
+        answer(instance_id, False, grpc_port)
+    for instance_id in runs:
+        wait_until_done(instance_id)
+    # The POST that timed out on our side still waits in the app: it starts its run now. Answer that one too.
+    (queued,) = wait_for(lambda: [w for w in waiting_approvals(grpc_port) if w["instance_id"] not in runs],
+                         "the queued POST /run's run to wait for approval")
+    answer(queued["instance_id"], False, grpc_port)
+    wait_until_done(queued["instance_id"])
 
 
 def test_100_runs_waiting_for_approval_hold_no_thread(refund_app_config, local_stack, llm_env, scripted_llm):
@@ -231,14 +259,23 @@ def test_100_runs_waiting_for_approval_hold_no_thread(refund_app_config, local_s
     try:
         app_process, daprd = app.processes()
         idle = {"app": usage(app_process), "sidecar": usage(daprd)}
-        runs = [start_run(order_and_task(scripted_llm, 1.0)[1]) for _ in range(WAITING_RUNS)]
+        # Through the sidecar's workflow API: the runner's POST /run holds a thread per unfinished run
+        # (test_the_runners_post_run_holds_a_thread_until_the_run_ends), which is not the workflow's cost.
+        stub, started = _stub(app.sidecar_grpc_port()), time.monotonic()
+        runs = [uuid.uuid4().hex for _ in range(WAITING_RUNS)]
+        for instance_id in runs:
+            task = json.dumps({"task": order_and_task(scripted_llm, 1.0)[1]})
+            stub.StartInstance(pb.CreateInstanceRequest(instanceId=instance_id, name=AGENT_WORKFLOW,
+                                                        input=StringValue(value=task)), timeout=10)
         grpc_port = sidecar_grpc_port(APPROVAL_APP_ID)
         wait_for(lambda: len(scripted_llm.task_calls()) >= WAITING_RUNS, "every run's first LLM call", 240)
         wait_for(lambda: all(waiting_approval(i, grpc_port) for i in runs), "every run to wait for approval", 240)
         before = {"app": usage(app_process), "sidecar": usage(daprd)}
         time.sleep(MEASURE_WINDOW_S)  # a measuring window, not a wait for something to happen
         after = {"app": usage(app_process), "sidecar": usage(daprd)}
-        lines = [f"{WAITING_RUNS} runs waiting for approval at once, measured over {MEASURE_WINDOW_S:.0f} s:",
+        waiting_after_s = time.monotonic() - started
+        lines = [f"{WAITING_RUNS} runs started through the workflow API, all waiting after {waiting_after_s:.1f} s",
+                 f"{WAITING_RUNS} runs waiting for approval at once, measured over {MEASURE_WINDOW_S:.0f} s:",
                  f"  {'':8} {'RSS idle':>10} {'RSS waiting':>12} {'threads idle':>13} {'threads waiting':>16} "
                  f"{'CPU waiting':>12}"]
         for who in ("app", "sidecar"):

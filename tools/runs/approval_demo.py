@@ -20,6 +20,7 @@ import sys
 import time
 
 import httpx
+import redis
 
 from tools.runs.approvals import answer, describe, waiting_approval
 from tools.runs.refund_app import APP_URL, RefundApp, refund_records
@@ -27,7 +28,7 @@ from tools.runs.workflows import history, sidecar_grpc_port
 from tools.stack import commands as stack
 from tools.stack.processes import StackError, alive, stop_dapr_run, wait_until
 from tools.stack.scripted_llm import ScriptedLLM
-from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR
+from tools.stack.settings import APPROVAL_APP_ID, LOG_DIR, REDIS_PORT
 
 ORDER_ID = "A-1042"
 TASK = f"Order {ORDER_ID} arrived broken; please refund the customer's 42.50 EUR."
@@ -41,6 +42,16 @@ def say(message: str) -> None:
 
 def clock(started: float) -> str:
     return f"{time.monotonic() - started:5.1f} s:"
+
+
+def forget_refund(order_id: str) -> None:
+    """A demo run again refunds the same order: forget the refund an earlier run recorded (the tool would
+    rightly refuse to record it twice)."""
+    client = redis.Redis(port=REDIS_PORT)
+    try:
+        client.delete(f"{APPROVAL_APP_ID}||refund:{order_id}")
+    finally:
+        client.close()
 
 
 def wait_for_status(client: httpx.Client, instance_id: str) -> dict:
@@ -71,6 +82,7 @@ def demo(llm: ScriptedLLM) -> str:
         app = RefundApp(runtime, llm.client_env(), log)
         try:
             app.start()
+            forget_refund(ORDER_ID)
             with httpx.Client(base_url=APP_URL, timeout=30) as client:
                 response = client.post("/run", json={"task": TASK})
                 response.raise_for_status()
