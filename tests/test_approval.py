@@ -237,14 +237,16 @@ def test_the_runners_post_run_holds_a_thread_until_the_run_ends(refund_app, scri
     runs = [start_run(order_and_task(scripted_llm, 1.0)[1]) for _ in range(executor_threads)]
     for instance_id in runs:
         wait_for_approval_request(instance_id)
+    queued_order, queued_task = order_and_task(scripted_llm, 1.0)
     with pytest.raises(httpx.ReadTimeout):
-        start_run(order_and_task(scripted_llm, 1.0)[1], timeout_s=5)
+        start_run(queued_task, timeout_s=5)
     for instance_id in runs:  # deny them: their threads come free, and the queued POST /run goes through
         answer(instance_id, False, grpc_port)
     for instance_id in runs:
         wait_until_done(instance_id)
     # The POST that timed out on our side still waits in the app: it starts its run now. Answer that one too.
-    (queued,) = wait_for(lambda: [w for w in waiting_approvals(grpc_port) if w["instance_id"] not in runs],
+    (queued,) = wait_for(lambda: [w for w in waiting_approvals(grpc_port)
+                                  if w["arguments"]["order_id"] == queued_order],
                          "the queued POST /run's run to wait for approval")
     answer(queued["instance_id"], False, grpc_port)
     wait_until_done(queued["instance_id"])
