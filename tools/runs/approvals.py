@@ -41,17 +41,22 @@ def waiting_approval(instance_id: str, grpc_port: int) -> dict | None:
 
 def approval_awaited(instance_id: str, events: list) -> dict | None:
     """waiting_approval(), from the run's history events."""
-    request, deadline, answered = None, None, set()
+    scheduled, request, deadline, answered = {}, None, None, set()
     for event in events:
         kind = event.WhichOneof("eventType")
         if kind == "taskScheduled" and event.taskScheduled.name.endswith("publish_approval_request"):
-            request, deadline = json.loads(event.taskScheduled.input.value)["event"], None
+            scheduled[event.eventId] = json.loads(event.taskScheduled.input.value)["event"]
+        elif kind == "taskCompleted" and event.taskCompleted.taskScheduledId in scheduled:
+            # Published: from the workflow's next step on, the run waits (for the event, raced with a timer).
+            request, deadline = scheduled[event.taskCompleted.taskScheduledId], None
         elif kind == "timerCreated" and request is not None:
             deadline = event.timerCreated.fireAt.ToDatetime(tzinfo=UTC)
         elif kind == "eventRaised":
             answered.add(event.eventRaised.name.lower())
         elif kind == "timerFired" and request is not None:
             answered.add(f"approval_response_{request['approval_request_id']}")  # timed out: denied
+    if request is not None and request.get("timeout_seconds") is not None and deadline is None:
+        return None  # its timer is not written yet: a moment from now it waits
     if request is None:
         return None
     name = f"approval_response_{request['approval_request_id']}"
