@@ -23,7 +23,7 @@ import grpc
 from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf.wrappers_pb2 import StringValue
 
-from tools.runs.workflows import STATUS, _metadata, _stub, list_instances, sidecar_grpc_port
+from tools.runs.workflows import HALF_WRITTEN, STATUS, _metadata, _stub, list_instances, sidecar_grpc_port
 from tools.stack.settings import APPROVAL_APP_ID
 
 
@@ -34,8 +34,13 @@ def approval_event_name(instance_id: str, tool_call_id: str) -> str:
 
 def waiting_approval(instance_id: str, grpc_port: int) -> dict | None:
     """What run `instance_id` waits for: {instance_id, tool, arguments, event, deadline, seconds_left}, or None."""
-    events = _stub(grpc_port).GetInstanceHistory(pb.GetInstanceHistoryRequest(instanceId=instance_id),
-                                                 metadata=_metadata(), timeout=10).events
+    try:
+        events = _stub(grpc_port).GetInstanceHistory(pb.GetInstanceHistoryRequest(instanceId=instance_id),
+                                                     metadata=_metadata(), timeout=10).events
+    except grpc.RpcError as exc:
+        if HALF_WRITTEN in (exc.details() or ""):
+            return None  # the run's state read while half written (docs/durability.md): not known to wait, yet
+        raise
     return approval_awaited(instance_id, list(events))
 
 
