@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         grpc_port = sidecar_grpc_port(args.app_id)
+    except LookupError:
+        print(f"error: no sidecar of {args.app_id} is running: start the agent first (`make approval-demo` runs "
+              "it for a minute; examples/approval/README.md has its `dapr run`)", file=sys.stderr)
+        return 1
+    try:
         if args.instance_id is None:
             waiting = waiting_approvals(grpc_port)
             for run in waiting:
