@@ -9,7 +9,7 @@ STACK := $(VENV_PY) -m tools.stack
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo switch-offs clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,12 @@ dashboard: ## the runs in your browser at http://localhost:8080 while the servic
 
 crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offline, under a minute)
 	@$(VENV_PY) -m tools.runs.crash_demo
+
+approval-demo: setup ## watch a refund wait for a human through a SIGKILL of app and sidecar, then run once (offline)
+	@$(VENV_PY) -m tools.runs.approval_demo
+
+approve: ## answer a run of examples/approval waiting for a human: make approve ID=<instance> [DENY=1]; no ID: list them
+	@$(VENV_PY) -m tools.runs.approvals $(ID) $(if $(DENY),--deny)
 
 switch-offs: setup ## switch each claim off in a throw-away copy; its test must fail (long) [ONLY="test_a test_b": those rows]
 	@$(VENV_PY) -m tools.proof.switch_offs $(if $(ONLY),--only $(ONLY) --merge)

@@ -32,6 +32,7 @@ from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from tools.runs.approvals import answer, approval_awaited
 from tools.runs.workflows import (
     FINISHED,
     STATUS,
@@ -119,7 +120,9 @@ class Runs:
                 "timeline": timeline(events), "events": len(events),
                 "conversation": self._conversation(f"{self.app_id}||{agent}:_workflow_{instance_id}"),
                 "memory": self._json(f"{self.app_id}||{agent}:_memory_{instance_id}") or [],
-                "trace": self.trace(instance_id)}
+                "trace": self.trace(instance_id),
+                # A run of examples/approval waiting for a human: the tool, its arguments, the time left.
+                "approval": approval_awaited(instance_id, events) if row["status"] == "RUNNING" else None}
 
     def _json(self, key: str):
         try:
@@ -151,6 +154,14 @@ class Runs:
     def terminate(self, instance_id: str) -> dict:
         self._sidecar(lambda port: terminate(instance_id, port))
         return {"instance_id": instance_id, "status": "terminating"}
+
+    def answer(self, instance_id: str, approved: bool) -> dict:
+        """Approve or deny, as `make approve` does: the event raised through the sidecar's workflow API."""
+        try:
+            waiting = self._sidecar(lambda port: answer(instance_id, approved, port, reason="from the dashboard"))
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return {"instance_id": instance_id, "approved": approved, "tool": waiting["tool"]}
 
     def purge(self, instance_id: str) -> dict:
         deleted = self._sidecar(lambda port: purge(instance_id, port, self.app_id, self.redis))
@@ -237,6 +248,14 @@ def build_app(app_id: str = SERVICE_APP_ID) -> FastAPI:
     @app.post("/api/runs/{instance_id}/terminate")
     def terminate(instance_id: str) -> dict:
         return runs.terminate(instance_id)
+
+    @app.post("/api/runs/{instance_id}/approve")
+    def approve(instance_id: str):
+        return runs.answer(instance_id, True)
+
+    @app.post("/api/runs/{instance_id}/deny")
+    def deny(instance_id: str):
+        return runs.answer(instance_id, False)
 
     @app.post("/api/runs/{instance_id}/purge")
     def purge(instance_id: str) -> dict:

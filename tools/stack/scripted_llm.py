@@ -63,6 +63,7 @@ class Script:
         self._lock = threading.Lock()
         self._answers: list[str] = []
         self._answers_by_text: dict[str, str] = {}
+        self._tool_calls_by_text: dict[str, ToolCall] = {}
         self._default_answer = default_answer
         self._failures: list[int] = []  # HTTP codes for the next calls
         self._delay_s = 0.0
@@ -107,6 +108,7 @@ class Script:
         with self._lock:
             self.calls.clear()
             self._answers, self._answers_by_text, self._failures, self._delay_s = [], {}, [], 0.0
+            self._tool_calls_by_text = {}
             self._default_answer = default_answer
             self._peak_in_flight = self._in_flight
         self.release()
@@ -120,6 +122,14 @@ class Script:
         """Answer every task call that mentions `text` with `answer` (also a retried one)."""
         with self._lock:
             self._answers_by_text[text] = answer
+
+    def call_tool_when(self, text: str, name: str, arguments: dict, final: str) -> None:
+        """Play a model that uses a tool: a task call that mentions `text` and holds no tool result yet
+        is answered with a call of `name(**arguments)`; once the tool's result is in the messages, with
+        `final`, its `{tool_result}` replaced by that result (the tool's text, or its error)."""
+        call_id = "call_" + uuid.uuid5(uuid.NAMESPACE_URL, text).hex[:16]  # the same on a retried call
+        with self._lock:
+            self._tool_calls_by_text[text] = ToolCall(call_id, name, json.dumps(arguments), final)
 
     def fail_next(self, *status_codes: int) -> None:
         """Make the next calls fail with these HTTP status codes, in order."""
@@ -203,12 +213,39 @@ class Script:
             content = json.dumps({"summary": f"The user asked: {_last_task(messages)}"})
         else:
             with self._lock:
+                planned = next((plan for text, plan in self._tool_calls_by_text.items()
+                                if _mentions(messages, text)), None)
+            if planned is not None:
+                call.answered_status = 200
+                return JSONResponse(planned.completion(body.get("model") or "scripted", messages))
+            with self._lock:
                 content = next((answer for text, answer in self._answers_by_text.items()
                                 if _mentions(messages, text)), None)
                 if content is None:
                     content = self._answers.pop(0) if self._answers else self._default_answer
         call.answered_status = 200
         return JSONResponse(_completion(body.get("model") or "scripted", content))
+
+
+@dataclass
+class ToolCall:
+    """A tool call the "model" makes (call_tool_when), and what it says once the tool answered."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+    final: str
+
+    def completion(self, model: str, messages: list[dict]) -> dict:
+        result = next((str(m.get("content")) for m in messages
+                       if m.get("role") == "tool" and m.get("tool_call_id") == self.call_id), None)
+        if result is not None:
+            return _completion(model, self.final.replace("{tool_result}", result))
+        answer = _completion(model, None)
+        answer["choices"][0]["message"]["tool_calls"] = [
+            {"id": self.call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}]
+        answer["choices"][0]["finish_reason"] = "tool_calls"
+        return answer
 
 
 class ScriptedLLM(Script):
@@ -333,7 +370,7 @@ def _last_task(messages: list[dict]) -> str:
     return text.split("user:", 1)[-1].split("\n", 1)[0].strip()[:200]
 
 
-def _completion(model: str, content: str) -> dict:
+def _completion(model: str, content: str | None) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
