@@ -49,6 +49,9 @@ NO_INPUT_GUARD = ("the service runs dapr-agents' own AgentRunner, without input_
 HA_CLAIM = ("runs as 3 replicas with 3 placement and 3 scheduler nodes; under load, survives a dead replica, "
             "placement leader or scheduler node and a frozen host")
 LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the LLM at once"
+APPROVAL_CLAIM = "a tool call waits for a human's approval; approved, it runs once and the answer uses its result"
+DASHBOARD_APPROVAL_CLAIM = "approve or deny from the dashboard, and through another replica than the one that asked"
+REFUND_AGENT = "examples/approval/refund_agent.py"
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -253,6 +256,64 @@ SWITCH_OFFS = [
               (Edit("input_guard.py", "subscription._StreamSubscriber, OneRunPerMessage",
                     "subscription._StreamSubscriber, subscription._StreamSubscriber"),),
               because=r"32 topic runs waiting on the LLM at once"),
+    SwitchOff(APPROVAL_CLAIM, "test_approval.py::test_approved_refund_runs_once_and_the_answer_uses_its_result",
+              "`make approve` raises an event whose name is not the one the run waits for (tools/runs/approvals.py)",
+              (Edit("tools/runs/approvals.py", 'pb.RaiseEventRequest(instanceId=instance_id, name=waiting["event"],',
+                    'pb.RaiseEventRequest(instanceId=instance_id, name="approval_response_" + instance_id,'),),
+              because=r"waiting for run \w+ to finish"),
+    SwitchOff("denied from a terminal, the tool never runs and the run says so",
+              "test_approval.py::test_denied_refund_never_runs_and_the_run_says_so",
+              "`make approve DENY=1` sends an approval (tools/runs/approvals.py)",
+              (Edit("tools/runs/approvals.py", '"approved": approved,', '"approved": True,'),),
+              because=r"refunded 10\.00 EUR for order T-"),
+    SwitchOff("no answer before the timeout is a denial",
+              "test_approval.py::test_no_answer_before_the_timeout_is_a_denial",
+              "the approval asks for no timeout of its own, so dapr-agents' 300 s default applies "
+              "(examples/approval/refund_agent.py)",
+              (Edit(REFUND_AGENT, "RequireApproval(timeout_seconds=APPROVAL_TIMEOUT_S,",
+                    "RequireApproval(timeout_seconds=None,"),),
+              because=r"assert \d+\.\d+ <= \d+"),
+    SwitchOff("a run waiting for approval survives SIGKILL of its app and sidecar; approved after the restart, "
+              "the refund happens once",
+              "test_approval.py::test_sigkill_of_app_and_sidecar_while_waiting_then_approve",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"workflow instance '\w+' not found"),
+    SwitchOff("a run waiting for approval survives SIGKILL of its app and sidecar; approved after the restart, "
+              "the refund happens once",
+              "test_approval.py::test_make_approval_demo_prints_what_docs_tools_md_shows",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"not found|no longer has the shape"),
+    SwitchOff("a tool activity retried after a crash past its side effect does not repeat it",
+              "test_approval.py::test_retried_tool_activity_does_not_repeat_the_refund",
+              "the refund is written whether or not its key exists (no first-write; "
+              "examples/approval/refund_agent.py)",
+              (Edit(REFUND_AGENT, "\n" + " " * 30 + "options=StateOptions(concurrency=Concurrency.first_write))", ")"),),
+              because=r"refund written again by the retry"),
+    SwitchOff("a tool that raises: the run goes on with the error given to the LLM",
+              "test_approval.py::test_a_tool_that_raises_gives_its_error_to_the_llm",
+              "the tool ends its process's work with SystemExit instead of raising an error "
+              "(examples/approval/refund_agent.py)",
+              (Edit(REFUND_AGENT, "raise ValueError(", "raise SystemExit("),),
+              because=r"waiting for run \w+ to finish"),
+    SwitchOff(DASHBOARD_APPROVAL_CLAIM,
+              "test_approval.py::test_the_dashboard_shows_a_waiting_run_and_approves_or_denies_it",
+              "the dashboard shows no approval for a waiting run (tools/runs/dashboard.py)",
+              (Edit("tools/runs/dashboard.py",
+                    '"approval": approval_awaited(instance_id, events) if row["status"] == "RUNNING" else None}',
+                    '"approval": None}'),),
+              because=r"'NoneType' object is not subscriptable"),
+    SwitchOff(DASHBOARD_APPROVAL_CLAIM,
+              "test_approval.py::test_an_approval_sent_through_the_replica_that_did_not_ask_completes_the_run",
+              "the second replica runs under an app id of its own, so it shares no runs with the first "
+              "(tools/runs/refund_app.py)",
+              (Edit("tools/runs/refund_app.py",
+                    "app = [script if arg == SCRIPT else arg for arg in approval_app(*self.ports)]",
+                    'app = [script if arg == SCRIPT else (arg + "-2" if second_replica and arg == APPROVAL_APP_ID '
+                    'else arg) for arg in approval_app(*self.ports)]'),),
+              because=r"workflow instance '\w+' not found"),
+    SwitchOff("runs waiting for approval hold no thread: 100 wait at once",
+              "test_approval.py::test_100_runs_waiting_for_approval_hold_no_thread",
+              none="a measurement: docs/tools.md shows the figures the test writes"),
     SwitchOff(HA_CLAIM,
               "test_ha.py::test_every_run_completes_and_http_runs_exactly_once_while_placement_scheduler_replica_and_host_fail",
               "the workflow state store is in each sidecar's memory, so the replicas share no run state",
