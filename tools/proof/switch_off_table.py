@@ -287,7 +287,8 @@ SWITCH_OFFS = [
               "test_approval.py::test_retried_tool_activity_does_not_repeat_the_refund",
               "the refund is written whether or not its key exists (no first-write; "
               "examples/approval/refund_agent.py)",
-              (Edit(REFUND_AGENT, "\n" + " " * 30 + "options=StateOptions(concurrency=Concurrency.first_write))", ")"),),
+              (Edit(REFUND_AGENT, "\n" + " " * 30 + "options=StateOptions(concurrency=Concurrency.first_write))",
+                    ")"),),
               because=r"refund written again by the retry"),
     SwitchOff("a tool that raises: the run goes on with the error given to the LLM",
               "test_approval.py::test_a_tool_that_raises_gives_its_error_to_the_llm",
