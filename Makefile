@@ -7,6 +7,10 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 STACK := $(VENV_PY) -m tools.stack
 export PYTHON
+# make run/serve LLM=local: SmolLM2-135M on this machine (docs/local-model.md); LLM=echo: Dapr's echo.
+# Left out: OPENAI_BASE_URL, then OPENAI_API_KEY, then echo (tools/stack/llm.py).
+LLM_FLAG := $(if $(LLM),--llm $(LLM))
+LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
 .PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo switch-offs clean
@@ -20,12 +24,14 @@ setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (onc
 doctor: ## check this machine: tools, versions, ports, resources, LLM choice; one line per check with its fix
 	@$(PYTHON) -m tools.doctor
 
-run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything
+run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything (LLM=local: a real model here)
+	@$(LOCAL_MODEL_SETUP)
 	@$(VENV_PY) -m tools.doctor --quick --failures-only
-	@$(STACK) run
+	@$(STACK) run $(LLM_FLAG)
 
-serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode)
-	@$(STACK) serve
+serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode; LLM=local)
+	@$(LOCAL_MODEL_SETUP)
+	@$(STACK) serve $(LLM_FLAG)
 
 serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler nodes on 127.0.0.2-4; Ctrl+C stops it all
 	@$(VENV_PY) -m tools.ha serve
