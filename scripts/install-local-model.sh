@@ -188,6 +188,7 @@ FROM ./$LOCAL_MODEL_FILE
 PARAMETER temperature 0
 PARAMETER seed $LOCAL_MODEL_SEED
 PARAMETER num_ctx $LOCAL_MODEL_CONTEXT
+PARAMETER num_predict $LOCAL_MODEL_MAX_TOKENS
 EOF
   if (exec 3<>"/dev/tcp/127.0.0.1/$LOCAL_MODEL_IMPORT_PORT") 2>/dev/null; then
     echo "port $LOCAL_MODEL_IMPORT_PORT (the model import's server) is taken; free it and run this again"
