@@ -164,6 +164,8 @@ def local_model_service() -> Service:
         "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_MAX_LOADED_MODELS=1", f"OLLAMA_NUM_PARALLEL={LOCAL_MODEL_PARALLEL}",
         # Nothing to fetch: the model is in the store and the machine may be offline.
         "OLLAMA_NOPRUNE=1", "OLLAMA_NO_CLOUD=1",
+        # Its HTTP framework's release mode: one log line per request, not the route table at start.
+        "GIN_MODE=release",
         str(OLLAMA_BIN), "serve",
     ], {"local model": LOCAL_MODEL_PORT}, local_model_loaded)
 
