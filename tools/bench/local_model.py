@@ -60,9 +60,15 @@ SUMMARY_FORMAT = {"type": "json_schema", "json_schema": {"name": "ConversationSu
 # Topics for tasks that differ from run to run: at temperature 0 one task always gets one answer.
 TOPICS = ("programming", "queues", "databases", "compilers", "caches", "networks", "recursion", "testing",
           "logs", "threads", "memory", "git", "types", "deadlines", "coffee", "bugs")
-# Ollama logs every request: "[GIN] ... | 200 |  1.234567s |  127.0.0.1 | POST "/v1/chat/completions"".
-GIN_LINE = re.compile(r"\|\s*(\d{3})\s*\|\s*([0-9.]+)(µs|ms|s|m)\s*\|[^|]*\|\s*POST\s+\"/v1/chat/completions\"")
-UNIT_S = {"µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+# Ollama logs every request: "[GIN] ... | 200 |  1.234567s |  127.0.0.1 | POST "/v1/chat/completions"",
+# its duration as Go prints one (1m0s, 2.5s, 830ms).
+GIN_LINE = re.compile(r"\|\s*(\d{3})\s*\|\s*([0-9.hmsµ]+)\s*\|[^|]*\|\s*POST\s+\"/v1/chat/completions\"")
+DURATION_PART = re.compile(r"([0-9.]+)(h|ms|µs|ns|m|s)")
+UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "µs": 1e-6, "ns": 1e-9}
+
+
+def go_seconds(duration: str) -> float:
+    return sum(float(value) * UNIT_S[unit] for value, unit in DURATION_PART.findall(duration))
 
 
 # -- the server alone -------------------------------------------------------------------
@@ -133,12 +139,15 @@ def server_figures(url: str, model: str, pid: int, answers: int = 5, summaries: 
 
 
 # -- the agent on top of it ------------------------------------------------------------------
-def model_seconds(log: Path, offset: int) -> tuple[list[float], int]:
-    """The durations Ollama logged for chat completions after byte `offset` of its log, and the new offset."""
+def model_requests(log: Path, offset: int) -> tuple[list[float], int, int]:
+    """From byte `offset` of Ollama's log: the seconds of each chat completion it answered, how many it
+    did not (500: the caller gave up, at the LLM timeout), and the log's new end."""
     with open(log, "rb") as handle:
         handle.seek(offset)
         text = handle.read().decode(errors="replace")
-    return [float(v) * UNIT_S[u] for code, v, u in GIN_LINE.findall(text) if code == "200"], offset + len(text.encode())
+    requests = GIN_LINE.findall(text)
+    answered = [go_seconds(duration) for code, duration in requests if code == "200"]
+    return answered, len(requests) - len(answered), offset + len(text.encode())
 
 
 def model_meter() -> ResourceMeter:
@@ -153,19 +162,30 @@ def model_meter() -> ResourceMeter:
 
 
 def agent_row(load: Load, concurrency: int, runs: int, log: Path) -> dict:
-    _, offset = model_seconds(log, 0)
+    *_, offset = model_requests(log, 0)
     tasks = [f"Write a haiku about {TOPICS[i % len(TOPICS)]}. [local c{concurrency} {i}]" for i in range(runs)]
+    def run_once(task: str) -> float | str:
+        """The run's seconds; what went wrong, for a run that failed (a model call past the LLM timeout)."""
+        try:
+            return load.run_once(task)
+        except RuntimeError as exc:
+            return str(exc)
+
     with model_meter() as meter, ThreadPoolExecutor(concurrency) as pool:
         started = time.perf_counter()
-        samples = list(pool.map(load.run_once, tasks))
+        outcomes = list(pool.map(run_once, tasks))
         elapsed = time.perf_counter() - started
-    in_model, _ = model_seconds(log, offset)
+    samples = [outcome for outcome in outcomes if isinstance(outcome, float)]
+    failed = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    in_model, not_answered, _ = model_requests(log, offset)
     cpu = {name: round(seconds * 1000 / runs, 1) for name, seconds in meter.cpu_s.items()}
     model_cpu = cpu.get("local model server", 0.0) + cpu.get("local model runner", 0.0)
-    return {"llm": "local model", "concurrency": concurrency, "runs": runs, "runs_per_s": round(runs / elapsed, 3),
-            **summary_ms(samples), "model_calls": len(in_model),
+    return {"llm": "local model", "concurrency": concurrency, "runs": runs,
+            "runs_per_s": round(len(samples) / elapsed, 3), "failed": len(failed), "failures": failed[:2],
+            "model_calls_not_answered": not_answered,
+            **(summary_ms(samples) if samples else {}), "model_calls": len(in_model),
             # Time inside the server (its queue included), over the runs' own time.
-            "model_share_of_run_time": round(sum(in_model) / sum(samples), 2),
+            "model_share_of_run_time": round(sum(in_model) / sum(samples), 2) if samples else None,
             "cpu_ms_per_run": cpu, "model_share_of_cpu": round(model_cpu / sum(cpu.values()), 2),
             "load_average_1min": round(os.getloadavg()[0], 1)}
 
@@ -272,26 +292,35 @@ def render_doc() -> str:
     """The figures part of docs/local-model.md, from the committed results files alone."""
     setup = json.loads(SETUP_RESULTS.read_text()) if SETUP_RESULTS.exists() else {}
     lines = ["| server | cold build or install (s) | first answer (s) | later answers (s) | first token, later (s) "
-             "| memory (MB) | JSON summary (`json_schema`) |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| memory (MB) | JSON summary (`json_schema`) | load average |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for name, path in SERVER_RESULTS.items():
         if not path.exists():
             continue
         server = json.loads(path.read_text())
-        summary = (f"refused: {server['json_summary_refused'][0][:60]}…" if server.get("json_summary_refused")
-                   else f"valid {server['json_summary_valid']}")
-        lines.append(f"| {name} | {server.get('cold_install_s', '?')} | {server['first_answer_s']} | "
-                     f"{server['later_answer_s']} | {server['later_first_token_s']} | {server['rss_mb']} | {summary} |")
+        refused = re.search(r"answered (\d{3})", server["json_summary_refused"][0]) if server["json_summary_refused"] \
+            else None
+        summary = f"refused (HTTP {refused.group(1)})" if refused else f"valid {server['json_summary_valid']}"
+        install = f"{server['cold_install_s']:.0f}" if server.get("cold_install_s") else "?"
+        lines.append(f"| {name} | {install} | {server['first_answer_s']} | {server['later_answer_s']} "
+                     f"| {server['later_first_token_s']} | {server['rss_mb']:.0f} | {summary} "
+                     f"| {server['load_average_1min']} |")
+    setup_s = 0
     for kind in ("server", "model"):
         steps = setup.get(kind, {}).get("steps_s", {})
         if steps:
-            lines += ["", f"Set-up steps of the {kind} (s, {setup[kind]['cores']} cores, load average before "
+            setup_s += sum(steps.values())
+            lines += ["", f"Set-up of the {kind}, cold (s; {setup[kind]['cores']} cores, load average before: "
                           f"{setup[kind]['load_average_before']}): " + ", ".join(f"{k} {v}" for k, v in steps.items())
-                      + f"; in all {sum(steps.values())}"]
-    for kind in ("cold", "warm"):
-        run = setup.get(f"make_run_{kind}")
-        if run:
-            lines += ["", f"`make run LLM=local`, {kind}: {run['wall_s']} s from start to end "
-                          f"(load average {run['load_average_1min']}); its last line: `{run['summary_line']}`"]
+                      + f"; {sum(steps.values())} in all."]
+    warm = setup.get("make_run_warm")
+    if warm:
+        lines += ["", f"`make run LLM=local`, warm (set up already): {warm['wall_s']} s from the command to its end "
+                      f"(load average {warm['load_average_1min']}), of which the run under `dapr run`: "
+                      + warm["summary_line"].split(" COMPLETED in ", 1)[1].split(";", 1)[0]
+                      + f"; cold, on a machine without the set-up: about {setup_s + warm['wall_s']:.0f} s "
+                        "(the set-up above, then the same)."]
+        lines += ["", "Its answer, printed by the run:", "", "```", *warm["answer"].splitlines(), "```"]
     if RESULTS.exists():
         agent = json.loads(RESULTS.read_text())
         lines += ["", "| the agent with the local model | runs/s | p50 run (s) | p95 run (s) "
