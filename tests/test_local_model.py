@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from helpers import env_without_llm_settings, record_figure, unique_task, wait_for
-from tools.bench.local_model import GIN_LINE, TOPICS
+from tools.bench.local_model import DOC, GIN_LINE, TOPICS, render_doc
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
 from tools.stack.processes import recorded, stop_dapr_run
@@ -29,7 +29,7 @@ SUMMARY_RUNS = 8
 
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def local_model_set_up() -> None:
     """`make test` installs it first; a bare pytest says how, rather than skip a claim silently."""
     if not local_model_installed():
@@ -47,7 +47,7 @@ def looks_echoed(answer: str, task: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def one_shot(local_stack) -> subprocess.CompletedProcess:
+def one_shot(local_model_set_up, local_stack) -> subprocess.CompletedProcess:
     """`make run LLM=local` after set-up: it starts the model server itself and stops it at the end."""
     assert recorded("local-model") is None, "a model server runs already: this test wants `make run` to start it"
     return subprocess.run([sys.executable, "-m", "tools.stack", "run", "--llm", "local"], cwd=ROOT,
@@ -139,3 +139,8 @@ def test_each_run_stores_the_models_memory_summary_or_logs_why_not(local_service
     record_figure("test_local_model", json_summary_stored=f"{len(stored)} of {SUMMARY_RUNS}")
     # Measured (docs/local-model.md): with the grammar, every summary comes back as valid JSON.
     assert len(stored) == SUMMARY_RUNS, f"summaries stored for {len(stored)} of {SUMMARY_RUNS} runs"
+
+
+def test_the_figures_in_docs_local_model_are_those_of_the_results_files():
+    """Typed by no one: `python -m tools.bench.local_model doc` writes them from bench/results/local-model*.json."""
+    assert render_doc() in DOC.read_text(), "docs/local-model.md is out of date: python -m tools.bench.local_model doc"
