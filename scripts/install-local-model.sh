@@ -103,8 +103,8 @@ fetch_ollama_sources() {
   cp -r "$dir" "$src" && chmod -R u+w "$src"
 }
 
-# vendor_header PACKAGE-FILE-IN-/usr/include DEBIAN-PACKAGE: copy the header folder from the
-# system when it is there, else from the Debian package, downloaded and unpacked (no root needed).
+# The headers come from the system when they are there, else from the Debian packages,
+# downloaded and unpacked (not installed: no root needed once the package lists are read).
 vendor_headers() {
   local vendor="$src/llama/llama.cpp/vendor"
   rm -rf "$downloads" && mkdir -p "$downloads" "$vendor/nlohmann" "$vendor/stb" "$vendor/miniaudio"
@@ -113,7 +113,11 @@ vendor_headers() {
     command -v apt-get >/dev/null 2>&1 || {
       echo "need the headers nlohmann/json.hpp and stb/stb_image.h: install nlohmann-json and stb (brew install nlohmann-json stb)"
       return 1; }
-    (cd "$downloads" && apt-get download nlohmann-json3-dev libstb-dev)
+    # Package lists may be empty on a fresh machine (a container, CI): read them once, then try again.
+    (cd "$downloads" && apt-get download nlohmann-json3-dev libstb-dev) \
+      || { [ "$(id -u)" -eq 0 ] && apt-get update && (cd "$downloads" && apt-get download nlohmann-json3-dev libstb-dev); } \
+      || { echo "could not download nlohmann-json3-dev and libstb-dev: run apt-get update (as root), or install them"
+           return 1; }
     for deb in "$downloads"/*.deb; do dpkg-deb -x "$deb" "$downloads/root"; done
     include="$downloads/root/usr/include"
   fi
