@@ -7,6 +7,10 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 STACK := $(VENV_PY) -m tools.stack
 export PYTHON
+# make run/serve LLM=local: SmolLM2-135M on this machine (docs/local-model.md); LLM=echo: Dapr's echo.
+# Left out: OPENAI_BASE_URL, then OPENAI_API_KEY, then echo (tools/stack/llm.py).
+LLM_FLAG := $(if $(LLM),--llm $(LLM))
+LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
 .PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve switch-offs clean
@@ -20,12 +24,14 @@ setup: ## install the virtualenv, Redis and the pinned Dapr runtime and CLI (onc
 doctor: ## check this machine: tools, versions, ports, resources, LLM choice; one line per check with its fix
 	@$(PYTHON) -m tools.doctor
 
-run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything
+run: setup ## one-shot: start the stack, run durable_agent_minimal.py through `dapr run`, stop everything (LLM=local: a real model here)
+	@$(LOCAL_MODEL_SETUP)
 	@$(VENV_PY) -m tools.doctor --quick --failures-only
-	@$(STACK) run
+	@$(STACK) run $(LLM_FLAG)
 
-serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode)
-	@$(STACK) serve
+serve: setup ## the service on :8001 with the whole stack, in the foreground; Ctrl+C stops it all (TDA_SECURE=1: secure mode; LLM=local)
+	@$(LOCAL_MODEL_SETUP)
+	@$(STACK) serve $(LLM_FLAG)
 
 serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler nodes on 127.0.0.2-4; Ctrl+C stops it all
 	@$(VENV_PY) -m tools.ha serve
@@ -33,11 +39,13 @@ serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler no
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
 	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests
 	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
+	@bash scripts/install-local-model.sh  # Ollama and SmolLM2-135M: tests/test_local_model.py (once)
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m pytest
 
-bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png)
-	@$(VENV_PY) -m tools.bench
+bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png; LLM=local: also a real model)
+	@$(LOCAL_MODEL_SETUP)
+	@$(VENV_PY) -m tools.bench $(if $(filter local,$(LLM)),--local-model)
 
 images: setup ## regenerate the pictures in images/ from the real thing (architecture, bench, Zipkin, history)
 	@bash scripts/install-image-tools.sh

@@ -27,6 +27,11 @@ def print_table(r: dict) -> None:
               f"{row['runs_per_s']:>7} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['peak_llm_calls_in_flight']:>13} "
               f"{row['stack_cpu_ms_per_run']:>10} {row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6} "
               f"{row['app_bound_runs_per_s']:>9} {row['load_average_1min']:>5}")
+    for row in r.get("local_model", {}).get("throughput", []):  # make bench LLM=local: a real model, same columns
+        print(f"{'http':<7} {'model':>5} {row['concurrency']:>5} {row['runs']:>5} {row['runs_per_s']:>7} "
+              f"{row['p50_ms']:>8} {row['p95_ms']:>8} {'':>13} {sum(row['cpu_ms_per_run'].values()):>10.1f} "
+              f"{'':>8} {'':>6} {'':>9} {row['load_average_1min']:>5}   the model: "
+              f"{row['model_share_of_run_time']:.0%} of each run's time, {row['model_share_of_cpu']:.0%} of the CPU")
     print("(ceiling: cores / CPU-seconds per run of the whole stack; app-bound: 1 / the app's CPU-seconds per run,\n"
           " the most one Python process can do, as its GIL lets it use one core; load: the machine's 1-minute load\n"
           " average at the end, which other work on the machine raises)")

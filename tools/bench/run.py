@@ -18,6 +18,8 @@ same load with one setting changed, to price each (docs/benchmark.md).
     python -m tools.bench            # the full benchmark (long: docs/benchmark.md says how long it took)
     python -m tools.bench --smoke    # a few runs of each measurement, to keep this code honest
     python -m tools.bench --page     # measure nothing: redraw docs/benchmark.md from latest.json
+    python -m tools.bench --local-model        # also the agent with the local model (LLM=local; make bench LLM=local)
+    python -m tools.bench --local-model-only   # that part alone (tools/bench/local_model.py)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import httpx
 import psutil
 import redis
 
+from tools.bench import local_model as local_model_bench
 from tools.bench.cpu import app_profile, stack_processes
 from tools.bench.load import Load
 from tools.bench.report import PAGE, draw, print_table, write_page
@@ -248,7 +251,7 @@ def startup(llm_env: dict[str, str]) -> dict:
             "note": "make run reuses the stack the benchmark started, so this is the app side of a warm run"}
 
 
-def run_all(plan: Plan, knobs: bool = True) -> dict:
+def run_all(plan: Plan, knobs: bool = True, local_model: bool = False) -> dict:
     step = lambda name: print(f"[bench] {name}", flush=True)  # noqa: E731
     llm = ScriptedLLM(port=0).start()  # a port of its own: it never meets the test suite's
     started: list[str] = []
@@ -271,6 +274,8 @@ def run_all(plan: Plan, knobs: bool = True) -> dict:
         stop_dapr_run("service")
         step("start-up")
         results["startup"] = startup(llm.client_env())
+        if local_model:  # a real model beside the scripted ones; it writes bench/results/local-model.json too
+            results["local_model"] = local_model_bench.run(step)
     finally:
         stop_dapr_run("service")
         stop_services(started)
@@ -288,14 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-knobs", action="store_true", help="skip the knobs (each restarts the service)")
     parser.add_argument("--page", action="store_true", help=f"measure nothing: rewrite {rel(PAGE)}'s figures "
                                                             f"from {rel(RESULTS_DIR / 'latest.json')}")
+    parser.add_argument("--local-model", action="store_true",
+                        help="also the agent with the local model (scripts/install-local-model.sh first)")
+    parser.add_argument("--local-model-only", action="store_true", help="only the agent with the local model")
     args = parser.parse_args(argv)
     if args.page:
         write_page(json.loads((RESULTS_DIR / "latest.json").read_text()))
         print(f"[bench] {rel(PAGE)}: figures written from {rel(RESULTS_DIR / 'latest.json')}")
         return 0
     started = time.perf_counter()
+    if args.local_model_only:
+        try:
+            results = local_model_bench.run(lambda name: print(f"[bench] {name}", flush=True))
+        except StackError as exc:
+            print(f"[bench] error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(results, indent=2))
+        print(f"\n[bench] {time.perf_counter() - started:.0f} s; figures in {rel(local_model_bench.RESULTS)}")
+        return 0
     try:
-        results = run_all(SMOKE if args.smoke else Plan(), knobs=not args.no_knobs)
+        results = run_all(SMOKE if args.smoke else Plan(), knobs=not args.no_knobs, local_model=args.local_model)
     except StackError as exc:
         print(f"[bench] error: {exc}", file=sys.stderr)
         return 1

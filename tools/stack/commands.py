@@ -1,6 +1,6 @@
 """The local Dapr stack, without Docker, and the README's two `dapr run` commands on top of it.
 
-    python -m tools.stack up | down | status | env | run | serve
+    python -m tools.stack up | down | status | env | run | serve  [--llm local|echo]
 
 `up` starts Redis, placement, scheduler and Zipkin (tools/stack/services.py);
 `run` and `serve` also run one of the two scripts through `dapr run` with the
@@ -29,7 +29,7 @@ import psutil
 
 from tools.stack import console
 from tools.stack import secure as secure_mode
-from tools.stack.llm import LLMChoice, choose_llm
+from tools.stack.llm import SWITCHES, LLMChoice, choose_llm
 from tools.stack.processes import (
     DRAIN_TIMEOUT_S,
     StackError,
@@ -76,9 +76,10 @@ FORCED_STOP_EXIT = 3
 
 
 @contextlib.contextmanager
-def running(tracing: bool = True, secure: bool = False) -> Iterator[DaprRuntime]:
-    """The stack, up for the duration of the block; stops what it started, and nothing it found running."""
-    runtime, started = up(tracing=tracing, secure=secure)
+def running(tracing: bool = True, secure: bool = False, local_model: bool = False) -> Iterator[DaprRuntime]:
+    """The stack, up for the duration of the block; stops what it started, and nothing it found running.
+    `local_model`: with the model server of LLM=local."""
+    runtime, started = up(tracing=tracing, secure=secure, local_model=local_model)
     try:
         yield runtime
     finally:
@@ -140,11 +141,14 @@ def start_service(argv: list[str], env: dict[str, str], log: Path, append: bool 
 
 
 @contextlib.contextmanager
-def service_running(llm_env: dict[str, str], tracing: bool = True, log_name: str = "service") -> Iterator[DaprRuntime]:
-    """The stack and the service (the README's `dapr run`) with the LLM that `llm_env` chooses,
-    in the background for the duration of the block. For `make bench` and `make images`."""
-    with running(tracing=tracing) as runtime:
-        argv, env = dapr_run(runtime, SERVICE_APP, choose_llm(llm_env), base_env=llm_env)
+def service_running(llm_env: dict[str, str], tracing: bool = True, log_name: str = "service",
+                    llm_switch: str = "") -> Iterator[DaprRuntime]:
+    """The stack and the service (the README's `dapr run`) with the LLM that `llm_env` (or make's
+    LLM= switch, `llm_switch`) chooses, in the background for the duration of the block.
+    For `make bench` and `make images`."""
+    llm = choose_llm(llm_env, llm_switch)
+    with running(tracing=tracing, local_model=llm.name == "local") as runtime:
+        argv, env = dapr_run(runtime, SERVICE_APP, llm, base_env=llm_env)
         start_service(argv, env, LOG_DIR / f"{log_name}.log")
         try:
             yield runtime
@@ -181,17 +185,17 @@ def _graceful_stop_on_signal(popen: subprocess.Popen) -> Iterator[_StopRequest]:
             signal.signal(sig, handler)
 
 
-def run_app(app: list[str], name: str) -> int:
+def run_app(app: list[str], name: str, llm_switch: str = "") -> int:
     """Start the stack, run `dapr run <app>` in the foreground until it exits or we are signalled,
-    then stop what we started.
+    then stop what we started. `llm_switch`: make's LLM= (tools/stack/llm.py).
 
     A one-shot run skips Zipkin: it would add ~10 s and its in-memory traces
     would vanish when the run stops it again. `serve` and `up` include it.
     """
     secure = secure_mode.secure_mode_requested()
-    with running(tracing=name != "minimal", secure=secure) as runtime:
+    llm = choose_llm(dict(os.environ), llm_switch)
+    with running(tracing=name != "minimal", secure=secure, local_model=llm.name == "local") as runtime:
         try:
-            llm = choose_llm(dict(os.environ))
             say(llm.banner)
             if name == "service":
                 require_free(SERVICE_PORTS)
@@ -256,6 +260,9 @@ def print_env() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "run", "serve", "env"])
+    parser.add_argument("--llm", choices=[switch for switch in SWITCHES if switch], default="",
+                        help="run/serve: local = a small model on this machine (scripts/install-local-model.sh), "
+                             "echo = Dapr's echo; default: OPENAI_BASE_URL, then OPENAI_API_KEY, then echo")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -268,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             print_env()
         elif args.command == "run":
-            return run_app(MINIMAL_APP, "minimal")
+            return run_app(MINIMAL_APP, "minimal", args.llm)
         elif args.command == "serve":
-            return run_app(SERVICE_APP, "service")
+            return run_app(SERVICE_APP, "service", args.llm)
     except StackError as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)
         return 1

@@ -9,9 +9,12 @@ plain processes on 127.0.0.1 and checked healthy before anything uses them.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -36,8 +39,13 @@ from tools.stack.processes import (
 from tools.stack.runtime import DaprRuntime, find_runtime
 from tools.stack.settings import (
     DATA_DIR,
+    LOCAL_MODEL_NAME,
+    LOCAL_MODEL_PARALLEL,
+    LOCAL_MODEL_PORT,
+    LOCAL_MODEL_STORE,
     LOG_DIR,
     NAME_RESOLUTION_DB,
+    OLLAMA_BIN,
     PLACEMENT_HEALTHZ_PORT,
     PLACEMENT_METRICS_PORT,
     PLACEMENT_PORT,
@@ -126,7 +134,43 @@ def zipkin_service() -> Service | None:
     ], {"zipkin": ZIPKIN_PORT}, lambda: http_ok(f"http://127.0.0.1:{ZIPKIN_PORT}/health"))
 
 
-def _wanted(runtime: DaprRuntime, tracing: bool, secure: bool) -> list[Service]:
+def local_model_loaded(port: int = LOCAL_MODEL_PORT) -> bool:
+    """Ollama answers and holds the model in memory, so the first run does not wait for it to load.
+
+    A generate request without a prompt only loads the model (Ollama's documented preload);
+    keep_alive -1 keeps it loaded for as long as the server runs.
+    """
+    if not http_ok(f"http://127.0.0.1:{port}/api/version"):
+        return False
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/generate", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": LOCAL_MODEL_NAME, "keep_alive": -1}).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response).get("done") is True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def local_model_service() -> Service:
+    """Ollama serving the local model (scripts/install-local-model.sh built both), on 127.0.0.1 only.
+
+    `env` sets its variables on the command line, so the pid recorded stays Ollama's own.
+    Ollama runs the model in a child process of its own group: stopping the group stops both.
+    """
+    return Service("local-model", [
+        "env", f"OLLAMA_HOST=127.0.0.1:{LOCAL_MODEL_PORT}", f"OLLAMA_MODELS={LOCAL_MODEL_STORE}",
+        # Loaded once, kept while the stack runs; no other model is ever loaded beside it.
+        "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_MAX_LOADED_MODELS=1", f"OLLAMA_NUM_PARALLEL={LOCAL_MODEL_PARALLEL}",
+        # Nothing to fetch: the model is in the store and the machine may be offline.
+        "OLLAMA_NOPRUNE=1", "OLLAMA_NO_CLOUD=1",
+        # Its HTTP framework's release mode: one log line per request, not the route table at start.
+        "GIN_MODE=release",
+        str(OLLAMA_BIN), "serve",
+    ], {"local model": LOCAL_MODEL_PORT}, local_model_loaded)
+
+
+def _wanted(runtime: DaprRuntime, tracing: bool, secure: bool, local_model: bool = False) -> list[Service]:
     wanted = control_plane(runtime.bin_dir, secure)
     for service in wanted:
         running = recorded(service.name)
@@ -149,10 +193,13 @@ def _wanted(runtime: DaprRuntime, tracing: bool, secure: bool) -> list[Service]:
                 "when Java and Maven are installed); everything else runs")
         else:
             wanted.append(zipkin)
+    if local_model:
+        wanted.append(local_model_service())
     return wanted
 
 
-def up(tracing: bool = True, secure: bool = False, tied: bool = True) -> tuple[DaprRuntime, list[str]]:
+def up(tracing: bool = True, secure: bool = False, tied: bool = True,
+       local_model: bool = False) -> tuple[DaprRuntime, list[str]]:
     """Start every service that is not already running; wait until each is healthy.
 
     Services start side by side and are then awaited one by one, so the
@@ -160,7 +207,8 @@ def up(tracing: bool = True, secure: bool = False, tied: bool = True) -> tuple[D
     runtime and the names of the services this call started, so the caller
     stops exactly those and leaves a stack it found running alone. `tied`
     services end with this process (see processes.spawn); `make up` starts
-    untied ones, which run until `make stop`.
+    untied ones, which run until `make stop`. `local_model`: also the model
+    server of `LLM=local`, ready once the model is loaded.
     """
     runtime = find_runtime()
     say(f"runtime: {runtime.origin}")
@@ -168,7 +216,7 @@ def up(tracing: bool = True, secure: bool = False, tied: bool = True) -> tuple[D
     NAME_RESOLUTION_DB.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
     started: list[tuple[Service, psutil.Process, float]] = []
     try:
-        for service in _wanted(runtime, tracing, secure):
+        for service in _wanted(runtime, tracing, secure, local_model):
             if recorded(service.name) is not None and service.ready():
                 say(f"{service.name}: already running (started by this stack)")
                 continue
@@ -204,7 +252,7 @@ def stop_leftovers() -> None:
 
 
 # Apps (0) stop before the services they use.
-STOP_ORDER = {"redis": 5, "sentry": 4, "zipkin": 3, "scheduler": 2, "placement": 1}
+STOP_ORDER = {"redis": 5, "sentry": 4, "zipkin": 3, "local-model": 3, "scheduler": 2, "placement": 1}
 
 
 def stop_services(names: list[str], quiet: bool = True) -> None:

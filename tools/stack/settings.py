@@ -58,6 +58,7 @@ SCHEDULER_METRICS_PORT = int(FACTS["SCHEDULER_METRICS_PORT"])
 SCHEDULER_ETCD_CLIENT_PORT = int(FACTS["SCHEDULER_ETCD_CLIENT_PORT"])
 SCHEDULER_ETCD_PEER_PORT = int(FACTS["SCHEDULER_ETCD_PEER_PORT"])
 SCRIPTED_LLM_PORT = int(FACTS["SCRIPTED_LLM_PORT"])
+LOCAL_MODEL_PORT = int(FACTS["LOCAL_MODEL_PORT"])
 DASHBOARD_PORT = int(FACTS["DASHBOARD_PORT"])
 
 
@@ -110,4 +111,27 @@ RUNTIME_PREFIX = TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}"
 # Where scripts/install-dapr.sh builds, in the order the tooling looks: every
 # component (DAPR_BUILD=full, asked for on purpose), then the slim build.
 BUILT_RUNTIME_PREFIXES = (TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}-full", RUNTIME_PREFIX)
+# `make run LLM=local`: Ollama and the model, as scripts/install-local-model.sh lays them out.
+OLLAMA_VERSION = FACTS["OLLAMA_VERSION"]
+LOCAL_MODEL_BUILD_RECIPE = FACTS["LOCAL_MODEL_BUILD_RECIPE"]
+LOCAL_MODEL_NAME = FACTS["LOCAL_MODEL_NAME"]
+LOCAL_MODEL_LABEL = f"SmolLM2-135M-Instruct served by Ollama {OLLAMA_VERSION}"
+OLLAMA_PREFIX = TDA_HOME / f"ollama-{OLLAMA_VERSION}"
+OLLAMA_BIN = OLLAMA_PREFIX / "bin" / "ollama"
+LOCAL_MODEL_DIR = TDA_HOME / f"{FACTS['LOCAL_MODEL_PACKAGE']}-{FACTS['LOCAL_MODEL_PACKAGE_VERSION']}"
+LOCAL_MODEL_STORE = LOCAL_MODEL_DIR / "ollama-models"  # OLLAMA_MODELS
+# How many answers the server computes at once (each slot holds a context of its own).
+LOCAL_MODEL_PARALLEL = int(FACTS["LOCAL_MODEL_PARALLEL"])
+LOCAL_MODEL_URL = f"http://127.0.0.1:{LOCAL_MODEL_PORT}/v1"
+
+
+def local_model_installed() -> bool:
+    """scripts/install-local-model.sh finished both folders, with the current recipe."""
+    def complete(folder: Path) -> bool:
+        stamp = folder / ".complete"
+        return stamp.exists() and f"recipe {LOCAL_MODEL_BUILD_RECIPE}" in stamp.read_text().splitlines()
+
+    return complete(OLLAMA_PREFIX) and complete(LOCAL_MODEL_DIR)
+
+
 ZIPKIN_JAR = TDA_HOME / "zipkin" / f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
