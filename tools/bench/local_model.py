@@ -105,12 +105,22 @@ def tree_rss_mb(pid: int) -> float:
     return round(sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20, 1)
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
+    process = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
+
 def server_figures(url: str, model: str, pid: int, answers: int = 5, summaries: int = 8) -> dict:
-    """Measure an OpenAI-compatible server that has just started (its first answer loads the model)."""
+    """Measure an OpenAI-compatible server that has just started (its first answer loads the model).
+
+    Wall times depend on what else the machine runs; CPU seconds per answer do not, or much less."""
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": HAIKU}]
     with httpx.Client(timeout=300) as client:
         first_token_s, first_answer_s, answer = chat(client, url, model, messages)
+        cpu_before = tree_cpu_s(pid)
         later = [chat(client, url, model, messages) for _ in range(answers)]
+        cpu_per_answer = (tree_cpu_s(pid) - cpu_before) / answers
         same = sum(text == answer for _, _, text in later)
         valid, summary_s, failures = 0, [], []
         for topic in TOPICS[:summaries]:
@@ -131,6 +141,7 @@ def server_figures(url: str, model: str, pid: int, answers: int = 5, summaries: 
         "later_first_token_s": round(statistics.median(t for t, _, _ in later), 3),
         "later_answer_s": round(statistics.median(s for _, s, _ in later), 3),
         "later_answers_same_as_first": f"{same} of {answers}", "answer": answer,
+        "cpu_s_per_later_answer": round(cpu_per_answer, 3),
         "rss_mb": tree_rss_mb(pid),
         "json_summary_valid": f"{valid} of {summaries}",
         "json_summary_s": round(statistics.median(summary_s), 2) if summary_s else None,
@@ -292,8 +303,8 @@ def render_doc() -> str:
     """The figures part of docs/local-model.md, from the committed results files alone."""
     setup = json.loads(SETUP_RESULTS.read_text()) if SETUP_RESULTS.exists() else {}
     lines = ["| server | cold build or install (s) | first answer (s) | later answers (s) | first token, later (s) "
-             "| memory (MB) | JSON summary (`json_schema`) | load average |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "| CPU s per later answer | memory (MB) | JSON summary (`json_schema`) | load average |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for name, path in SERVER_RESULTS.items():
         if not path.exists():
             continue
@@ -303,7 +314,8 @@ def render_doc() -> str:
         summary = f"refused (HTTP {refused.group(1)})" if refused else f"valid {server['json_summary_valid']}"
         install = f"{server['cold_install_s']:.0f}" if server.get("cold_install_s") else "?"
         lines.append(f"| {name} | {install} | {server['first_answer_s']} | {server['later_answer_s']} "
-                     f"| {server['later_first_token_s']} | {server['rss_mb']:.0f} | {summary} "
+                     f"| {server['later_first_token_s']} | {server.get('cpu_s_per_later_answer', '?')} "
+                     f"| {server['rss_mb']:.0f} | {summary} "
                      f"| {server['load_average_1min']} |")
     setup_s = 0
     for kind in ("server", "model"):
