@@ -24,7 +24,7 @@ import redis
 
 from tools.runs.approvals import answer, describe, waiting_approval
 from tools.runs.refund_app import APP_URL, RefundApp, refund_records
-from tools.runs.workflows import history, sidecar_grpc_port
+from tools.runs.workflows import finished_status, history, sidecar_grpc_port
 from tools.stack import commands as stack
 from tools.stack.processes import StackError, alive, stop_dapr_run, wait_until
 from tools.stack.scripted_llm import ScriptedLLM
@@ -52,18 +52,6 @@ def forget_refund(order_id: str) -> None:
         client.delete(f"{APPROVAL_APP_ID}||refund:{order_id}")
     finally:
         client.close()
-
-
-def wait_for_status(client: httpx.Client, instance_id: str) -> dict:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        response = client.get(f"/run/{instance_id}")
-        # 500: the sidecar can read a run's state while it is half written; the next read is fine.
-        if response.status_code == 200 and response.json()["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED"):
-            return response.json()
-        time.sleep(0.2)
-    raise StackError(f"run {instance_id} did not finish within {RUN_TIMEOUT_S:.0f} s "
-                     f"(log: {LOG_DIR / 'approval-demo.log'})")
 
 
 def wait_for_approval_request(instance_id: str) -> dict:
@@ -107,7 +95,7 @@ def demo(llm: ScriptedLLM) -> str:
                 answer(instance_id, True, sidecar_grpc_port(APPROVAL_APP_ID), reason="approved in the demo")
                 say(f"{clock(started)} approved, as `make approve ID={instance_id}` does: the event is raised "
                     "through the sidecar's workflow API")
-                status = wait_for_status(client, instance_id)
+                status = finished_status(client, instance_id, RUN_TIMEOUT_S, LOG_DIR / "approval-demo.log")
                 say(f"{clock(started)} run {instance_id} {status['runtime_status']}")
             if status["runtime_status"] != "COMPLETED":
                 raise StackError(f"the run ended {status['runtime_status']}: {status.get('failure_details')}")

@@ -25,7 +25,7 @@ import httpx
 import psutil
 import redis
 
-from tools.runs.workflows import history, sidecar_grpc_port
+from tools.runs.workflows import finished_status, history, sidecar_grpc_port
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
 from tools.stack.processes import StackError, alive, recorded, stop_dapr_run, wait_until
@@ -55,19 +55,6 @@ def app_process() -> psutil.Process:
     return next(p for p in cli.children() if p.name() != "daprd")
 
 
-def wait_for_status(client: httpx.Client, instance_id: str) -> dict:
-    """The run's status once it is finished (the service's own status route)."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        response = client.get(f"/run/{instance_id}")
-        # 500: the sidecar can read a run's state while it is half written; the next read is fine.
-        if response.status_code == 200 and response.json()["runtime_status"] in ("COMPLETED", "FAILED", "TERMINATED"):
-            return response.json()
-        time.sleep(0.2)
-    raise StackError(f"run {instance_id} did not finish within {RUN_TIMEOUT_S:.0f} s "
-                     f"(log: {LOG_DIR / 'crash-demo.log'})")
-
-
 def demo(llm: ScriptedLLM) -> str:
     log = LOG_DIR / "crash-demo.log"
     llm.answer_when(TASK, ANSWER)
@@ -93,7 +80,7 @@ def demo(llm: ScriptedLLM) -> str:
                 say(f"{clock(started)} the app is gone and its sidecar with it; starting the service again")
                 stack.start_service(argv, env, log, append=True)
                 say(f"{clock(started)} the service is back; the workflow engine resumes the run from Redis")
-                status = wait_for_status(client, instance_id)
+                status = finished_status(client, instance_id, RUN_TIMEOUT_S, LOG_DIR / "crash-demo.log")
                 say(f"{clock(started)} run {instance_id} {status['runtime_status']}")
             if status["runtime_status"] != "COMPLETED":
                 raise StackError(f"the run ended {status['runtime_status']}: {status.get('failure_details')}")

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import psutil
@@ -32,6 +33,19 @@ from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grp
 
 from tools.stack.processes import StackError
 from tools.stack.settings import REDIS_PORT, SERVICE_APP_ID
+
+
+def finished_status(client, instance_id: str, timeout_s: float, log: Path) -> dict:
+    """A run's status once it is finished, read from its app's status route `/run/{id}` (`client`: an
+    httpx.Client on the app); a StackError naming `log` when it is not finished within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get(f"/run/{instance_id}")
+        # 500: the sidecar can read a run's state while it is half written; the next read is fine.
+        if response.status_code == 200 and response.json()["runtime_status"] in FINISHED:
+            return response.json()
+        time.sleep(0.2)
+    raise StackError(f"run {instance_id} did not finish within {timeout_s:.0f} s (log: {log})")
 
 
 def sidecar_grpc_port(app_id: str) -> int:
