@@ -357,7 +357,8 @@ def shown_output(output: str) -> str:
 
 # What differs from one run of a command to the next, and its placeholder: ids, times, paths, pids,
 # versions and measured quantities (a number with a decimal point or a unit). Counts stay as printed.
-VARYING = [(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])", "<id>"), (r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S*", "<time>"),
+VARYING = [(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<uuid>"),
+           (r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])", "<id>"), (r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S*", "<time>"),
            (r"(?<![\w:/.<])(?:~|<clone>)?/[^\s;,)'`]*", "<path>"), (r"\bpid \d+", "pid <n>"),
            (r"\d+(?:\.\d+)+|\d+(?= ?(?:ms|s|min|MB)\b)", "<n>"), (r"\s+", " ")]
 
