@@ -182,3 +182,12 @@ def test_the_kubernetes_check_prints_what_this_page_shows():
     assert result.returncode == 0, result.stdout + result.stderr
     first, second, *_, last = result.stdout.splitlines()
     check_sample("sample: the Kubernetes check", "\n".join([first, second, "…", last]))
+
+
+def test_the_readme_shows_the_local_model_run_that_the_results_file_holds():
+    """The README's first screen quotes `make run LLM=local` as tools/bench/local_model.py measured it."""
+    from tools.bench import local_model
+
+    readme = local_model.README.read_text()
+    assert local_model.render_readme() in readme, "run: python -m tools.bench.local_model doc"
+    assert "(not measured yet" not in readme

@@ -346,10 +346,33 @@ def render_doc() -> str:
     return "\n".join([DOC_MARKERS[0], *lines, DOC_MARKERS[1]])
 
 
+README = ROOT / "README.md"
+README_MARKERS = ("<!-- make run LLM=local: written from bench/results/local-model-setup.json by "
+                  "`python -m tools.bench.local_model doc` -->", "<!-- end of make run LLM=local -->")
+
+
+def render_readme() -> str:
+    """The README's first-screen sample: the last line `make run LLM=local` printed, and how long it took."""
+    setup = json.loads(SETUP_RESULTS.read_text()) if SETUP_RESULTS.exists() else {}
+    warm = setup.get("make_run_warm")
+    if not warm:
+        return "\n".join([README_MARKERS[0], "(not measured yet: `python -m tools.bench.local_model make-run`)",
+                          README_MARKERS[1]])
+    set_up_s = sum(sum(setup.get(kind, {}).get("steps_s", {}).values()) for kind in ("server", "model"))
+    return "\n".join([README_MARKERS[0], "```text", warm["summary_line"], "```",
+                      f"It took {warm['wall_s']} s from the command to its end; the set-up before it, once per "
+                      f"machine, {set_up_s} s on {setup['server']['cores']} cores.", README_MARKERS[1]])
+
+
+def write_between(path: Path, markers: tuple[str, str], block: str) -> None:
+    text = path.read_text()
+    start, end = text.index(markers[0]), text.index(markers[1]) + len(markers[1])
+    path.write_text(text[:start] + block + text[end:])
+
+
 def write_doc() -> None:
-    text = DOC.read_text()
-    start, end = text.index(DOC_MARKERS[0]), text.index(DOC_MARKERS[1]) + len(DOC_MARKERS[1])
-    DOC.write_text(text[:start] + render_doc() + text[end:])
+    write_between(DOC, DOC_MARKERS, render_doc())
+    write_between(README, README_MARKERS, render_readme())
 
 
 def main(argv: list[str] | None = None) -> int:
