@@ -253,9 +253,11 @@ def check_llm() -> List[Result]:
         return [("info", f"LLM: OpenAI-compatible endpoint {env['OPENAI_BASE_URL']} (model {model})", "")]
     if env.get("OPENAI_API_KEY"):
         return [("info", "LLM: OpenAI (key from OPENAI_API_KEY, via the secret store)", "")]
+    local = "set up" if settings.local_model_installed() else "built on first use"
     return [("info", "LLM: none configured, so Dapr's conversation.echo answers: the agent ECHOES your prompt "
-                     "back. Set OPENAI_API_KEY (or OPENAI_BASE_URL) for a real model.",
-             "export OPENAI_API_KEY, or OPENAI_BASE_URL for an OpenAI-compatible server")]
+                     f"back. For a real model: LLM=local (SmolLM2-135M on this machine, {local}), or set "
+                     "OPENAI_API_KEY (or OPENAI_BASE_URL).",
+             "make run LLM=local, or export OPENAI_API_KEY, or OPENAI_BASE_URL for an OpenAI-compatible server")]
 
 
 def check_sidecar() -> List[Result]:
