@@ -134,6 +134,12 @@ def test_a_test_that_passes_or_fails_for_another_reason_with_its_capability_off_
     assert switch_offs.verdict(_report(tmp_path, failed, passed), because, every_case=False)[0] is True
     assert switch_offs.verdict(_report(tmp_path, failed, passed, slow), because, every_case=False)[0] is False
     assert switch_offs.verdict(_report(tmp_path, passed), because, every_case=False)[0] is False
+    # A test that failed for the reason given, then errored at teardown over what it left behind: judged on
+    # its failure. A teardown error alone, or a setup error, still counts against it.
+    torn = ('<testcase name="test_a"><error message="failed on teardown with &quot;runs reached the LLM&quot;"/>'
+            '</testcase>')
+    assert switch_offs.verdict(_report(tmp_path, failed, torn), because)[0] is True
+    assert switch_offs.verdict(_report(tmp_path, torn), because)[0] is False
 
 
 def test_the_claims_page_shows_the_switch_off_rows():
