@@ -257,11 +257,14 @@ class OneRunPerMessage(subscription._StreamSubscriber):
                 return TopicEventResponse(subscription.STATUS_SUCCESS)
             self.wf_client.schedule_new_workflow(workflow=binding.handler, input=run_input, instance_id=instance_id)
         except Exception as error:
-            # ALREADY_EXISTS: another delivery of the message scheduled the run meanwhile.
+            # ALREADY_EXISTS: the run is there and still going, though the look above did not see it (another
+            # delivery scheduled it meanwhile, or the sidecar, just restarted, had not loaded it yet).
             if not (isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.ALREADY_EXISTS):
                 logger.exception("could not schedule the run of a message on the agent's topic; Redis will "
                                  "hand it out again")
                 return TopicEventResponse(subscription.STATUS_RETRY)
+            logger.warning("message %s on the agent's topic already has its run %s (RUNNING): nothing started",
+                           event["id"], instance_id)
         return TopicEventResponse(subscription.STATUS_SUCCESS)  # acknowledged: its run is durable from here
 
 
