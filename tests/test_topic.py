@@ -154,8 +154,12 @@ def test_a_message_redelivered_after_its_app_was_killed_runs_once(topic_service,
     assert len(runs) == 1, f"the message started {len(runs)} runs: {runs}"
     assert _runs_of(redis_client, task) == runs
     _wait_until_completed(topic_service, runs[0])
-    assert f"already has its run {runs[0]}" in _log_since_last_start(topic_service), \
-        "the message was not handed out again after the restart"
+    log = _log_since_last_start(topic_service)
+    # Either the app was handed the message again and found its run, or (Dapr 1.18.2, seen once in CI) the
+    # restarted sidecar read it while the app's subscription stream was reconnecting and dropped it as
+    # "no streamer subscribed" (docs/upstream.md). Runs once either way; anything else is unexplained.
+    assert f"already has its run {runs[0]}" in log or "no streamer subscribed" in log, \
+        "the message was neither handed out again after the restart nor dropped by the sidecar"
     # The killed attempt's LLM call ran again after the restart (activities are at least once); the run
     # reached its summary once.
     assert _calls(scripted_llm, task)["summary"] == 1, _calls(scripted_llm, task)
