@@ -74,7 +74,8 @@ def test_a_row_goes_stale_when_any_file_its_proof_covers_changes_and_the_message
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
     _, sha256 = switch_offs.proof_files(entry, tmp_path)
-    row = {"claim": entry.claim, "test": entry.test, "commit": "0" * 40, "uncommitted_edits": False,
+    row = {"claim": entry.claim, "test": entry.test, "switch_off": entry.what, "commit": "0" * 40,
+           "uncommitted_edits": False,
            "files_sha256": sha256, "finished": "2026-12-03T00:00:00+00:00"}
     rerun = f'make switch-offs ONLY="{entry.test.split("::")[-1]}"'
     other = next(e for e in SWITCH_OFFS if e.test != entry.test)
@@ -87,7 +88,7 @@ def test_a_row_goes_stale_when_any_file_its_proof_covers_changes_and_the_message
         original = (tmp_path / name).read_bytes()
         (tmp_path / name).write_bytes(original + b"\n# edited\n")
         stale = switch_offs.stale_rows([row], [entry], tmp_path)
-        assert list(stale) == [(entry.claim, entry.test)], name
+        assert list(stale) == [switch_offs.entry_key(entry)], name
         message = switch_offs.stale_message(stale, [entry, other])  # one of two rows stale: just that one again
         assert entry.test in message and rerun in message, message
         (tmp_path / name).write_bytes(original)
@@ -146,8 +147,10 @@ def test_the_claims_page_shows_the_switch_off_rows():
     results = json.loads(switch_offs.RESULTS_FILE.read_text())
 
     assert switch_offs.page_section(results) in switch_offs.PAGE.read_text()
-    assert {(row["claim"], row["test"]) for row in results["rows"]} == {(e.claim, e.test) for e in SWITCH_OFFS}
-    assert [row["test"] for row in results["rows"] if row["failed"] is not True] == []
+    assert sorted(map(switch_offs.row_key, results["rows"])) == sorted(map(switch_offs.entry_key, SWITCH_OFFS))
+    # Every row failed as it should, but a measurement's (its `none` says why it has no switch-off).
+    assert [row["test"] for row in results["rows"] if row["failed"] is not True and row["failed"] is not None] == []
+    assert all(row["switch_off"].startswith("none: ") for row in results["rows"] if row["failed"] is None)
 
 
 def test_the_durability_page_quotes_the_figures_the_suite_wrote():

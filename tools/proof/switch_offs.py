@@ -103,13 +103,22 @@ def stamp(entry: SwitchOff) -> dict:
     return {"commit": head.stdout.strip(), "uncommitted_edits": bool(edited.stdout.strip()), "files_sha256": sha256}
 
 
+def entry_key(entry: SwitchOff) -> tuple[str, str, str]:
+    """A row's key: a claim's test can have more than one switch-off (one per half of the claim)."""
+    return entry.claim, entry.test, entry.what or f"none: {entry.none}"
+
+
+def row_key(row: dict) -> tuple[str, str, str]:
+    return row["claim"], row["test"], row["switch_off"]
+
+
 def stale_rows(rows: list[dict], entries: list[SwitchOff] = SWITCH_OFFS,
-               root: Path = ROOT) -> dict[tuple[str, str], str]:
-    """For each switch-off whose row does not describe today's files: (claim, test), and why."""
-    by_key = {(row["claim"], row["test"]): row for row in rows}
+               root: Path = ROOT) -> dict[tuple[str, str, str], str]:
+    """For each switch-off whose row does not describe today's files: its key (entry_key), and why."""
+    by_key = {row_key(row): row for row in rows}
     stale = {}
     for entry in entries:
-        row = by_key.get((entry.claim, entry.test))
+        row = by_key.get(entry_key(entry))
         files, sha256 = proof_files(entry, root)
         if row is None:
             why = "no row: never run"
@@ -120,20 +129,20 @@ def stale_rows(rows: list[dict], entries: list[SwitchOff] = SWITCH_OFFS,
                    f"changed: {', '.join(files)}")
         else:
             continue
-        stale[entry.claim, entry.test] = why
+        stale[entry_key(entry)] = why
     return stale
 
 
-def stale_message(stale: dict[tuple[str, str], str], entries: list[SwitchOff] = SWITCH_OFFS) -> str:
+def stale_message(stale: dict[tuple[str, str, str], str], entries: list[SwitchOff] = SWITCH_OFFS) -> str:
     """Which rows of docs/switch-offs.json prove other files than today's, and the command that runs them
     again and writes their rows (the whole table when every row is stale). `--only` matches a name within a
     row's test, so the test's function name is enough."""
     lines = [f"{len(stale)} of {len(entries)} rows of {RESULTS_FILE.relative_to(ROOT)} were not run on today's "
              "files, so they do not show that today's tests can fail:"]
-    lines += [f"  {test} ({claim}): {why}" for (claim, test), why in stale.items()]
-    if set(stale) >= {(entry.claim, entry.test) for entry in entries}:
+    lines += [f"  {test} ({claim}; switch-off: {what}): {why}" for (claim, test, what), why in stale.items()]
+    if set(stale) >= set(map(entry_key, entries)):
         return "\n".join([*lines, "Run the whole table again (long: every row starts a stack): make switch-offs"])
-    names = dict.fromkeys(test.split("::")[-1] for _, test in stale)
+    names = dict.fromkeys(test.split("::")[-1] for _, test, _ in stale)
     return "\n".join([*lines, f'Run them again: make switch-offs ONLY="{" ".join(names)}"'])
 
 
@@ -315,9 +324,8 @@ def write(rows: list[dict], isolated: bool, merge: bool) -> None:
     """The rows into docs/switch-offs.json and the page, in the table's order; with `merge`, the
     rows of earlier runs stay for the switch-offs not run now (if they are still declared)."""
     earlier = json.loads(RESULTS_FILE.read_text())["rows"] if merge and RESULTS_FILE.exists() else []
-    by_key = {(row["claim"], row["test"]): row for row in [*earlier, *rows]}
-    results = {"isolated": isolated, "rows": [by_key[key] for key in ((e.claim, e.test) for e in SWITCH_OFFS)
-                                              if key in by_key]}
+    by_key = {row_key(row): row for row in [*earlier, *rows]}
+    results = {"isolated": isolated, "rows": [by_key[key] for key in map(entry_key, SWITCH_OFFS) if key in by_key]}
     RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
     page = PAGE.read_text()
     if BEGIN not in page or END not in page:
