@@ -41,7 +41,7 @@ test: setup ## lint (ruff), then the end-to-end test suite against a real local 
 	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
 	@bash scripts/install-local-model.sh  # Ollama and SmolLM2-135M: tests/test_local_model.py (once)
 	@.venv/bin/ruff check .
-	@$(VENV_PY) -m pytest
+	@$(VENV_PY) -m tools.proof.suite   # the test modules in groups side by side (tools/proof/suite.py)
 
 bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png; LLM=local: also a real model)
 	@$(LOCAL_MODEL_SETUP)

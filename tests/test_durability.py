@@ -42,7 +42,13 @@ def _start_and_hold(service, scripted_llm, task: str) -> str:
 
 
 def _wait_for_process_exit(process: psutil.Process, what: str) -> None:
-    wait_for(lambda: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE, what, timeout_s=30)
+    def gone() -> bool:
+        try:
+            return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # it ended between the two questions
+            return True
+
+    wait_for(gone, what, timeout_s=30)
 
 
 @pytest.mark.parametrize("victim", ["app", "sidecar"])

@@ -22,6 +22,7 @@ import pytest
 
 from tools.proof import figures, switch_offs
 from tools.proof.switch_off_table import SWITCH_OFFS
+from tools.stack import namespaces
 from tools.stack.settings import ROOT
 
 CLAIMS_PAGE = ROOT / "docs" / "claims.md"
@@ -173,7 +174,7 @@ def test_the_figures_check_notices_a_figure_typed_by_hand():
     assert figures.with_block(typed, block, kept) != typed  # what misquoted_blocks compares
 
 
-@pytest.mark.skipif(not switch_offs.namespaces_available(),
+@pytest.mark.skipif(not namespaces.available(),
                     reason="the copy needs a network namespace of its own (root and `unshare`): the suite's stack "
                            "holds the normal ports")
 def test_a_switch_off_in_a_throw_away_copy_makes_its_test_fail_and_leaves_this_clone_alone():

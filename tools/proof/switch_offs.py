@@ -24,22 +24,22 @@ switch-off no longer applies.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tools.proof.switch_off_table import SWITCH_OFFS, SwitchOff
+from tools.stack import namespaces
 from tools.stack.processes import port_in_use, say
 from tools.stack.settings import ROOT, SERVICE_PORTS, STACK_PORTS
 
@@ -159,34 +159,10 @@ def copy_repository(target: Path) -> None:
     (target / ".venv").symlink_to(ROOT / ".venv")
 
 
-def namespaces_available() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True).returncode == 0
-
-
-def _killed_with_parent(parent_pid: int):
-    """A preexec_fn: SIGKILL the child when we die (`unshare` ignores SIGTERM while it waits for the
-    namespace's first process, which its --kill-child then kills with everything in the namespace)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent_pid:  # we died before it was armed
-            os._exit(1)
-
-    return preexec
-
-
 def pytest_argv(copy: Path, tests: list[str], report: Path, isolated: bool) -> list[str]:
     argv = [str(copy / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
             f"--junitxml={report}", *[f"tests/{test}" for test in tests]]
-    if isolated:
-        # A private network (only loopback, brought up) and PID namespace. When unshare ends (it dies
-        # with us: _killed_with_parent), the namespace's first process is killed, and everything in it too.
-        argv = ["unshare", "-n", "-p", "-f", "--kill-child", "--mount-proc",
-                "sh", "-c", 'ip link set lo up && cd "$0" && exec "$@"', str(copy), *argv]
-    return argv
+    return namespaces.inside(copy, argv) if isolated else argv
 
 
 def outcomes(report: Path) -> list[tuple[str, str, str, str]]:
@@ -271,7 +247,7 @@ def run_one(entry: SwitchOff, isolated: bool, keep: bool) -> dict:
             try:
                 subprocess.run(pytest_argv(copy, [entry.test], report, isolated), cwd=copy, env=env, stdout=out,
                                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, check=False,
-                               preexec_fn=_killed_with_parent(os.getpid()) if isolated else None)
+                               preexec_fn=namespaces.killed_with_parent(os.getpid()) if isolated else None)
             except subprocess.TimeoutExpired:
                 return row | {"failed": False, "how": f"no result after {RUN_TIMEOUT_S} s (log: {log})",
                               "seconds": round(time.monotonic() - started)}
@@ -345,16 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [e for e in SWITCH_OFFS if not args.only or any(t in e.test or t in e.claim for t in args.only)]
     if not chosen:
         parser.error(f"no switch-off's test or claim has any of {args.only}")
-    isolated = namespaces_available()
+    isolated = namespaces.available()
     say(f"{len(chosen)} switch-offs, each in a throw-away copy of {ROOT}, "
-        + ("in private network and PID namespaces" if isolated
+        + (f"{namespaces.side_by_side()} side by side in private network and PID namespaces" if isolated
            else "one by one on the normal ports (no namespaces here: needs root and `unshare`)"))
     started, rows = time.monotonic(), []
-    for number, entry in enumerate(chosen, 1):
-        row = run_one(entry, isolated, args.keep) | {"finished": datetime.now(UTC).isoformat(timespec="seconds")}
-        rows.append(row)
-        answer = {True: "failed, as it should", False: "DID NOT FAIL", None: "no switch-off"}[row["failed"]]
-        say(f"[{number}/{len(chosen)}] {entry.test}: {answer} in {row['seconds']} s ({row['how']})")
+
+    def run(entry: SwitchOff) -> dict:
+        return run_one(entry, isolated, args.keep) | {"finished": datetime.now(UTC).isoformat(timespec="seconds")}
+
+    # In namespaces, copies run side by side; without, one by one on the normal ports.
+    with ThreadPoolExecutor(max_workers=namespaces.side_by_side() if isolated else 1) as pool:
+        for number, row in enumerate(pool.map(run, chosen), 1):
+            rows.append(row)
+            answer = {True: "failed, as it should", False: "DID NOT FAIL", None: "no switch-off"}[row["failed"]]
+            say(f"[{number}/{len(chosen)}] {row['test']}: {answer} in {row['seconds']} s ({row['how']})")
     minutes = round((time.monotonic() - started) / 60, 1)
     print(table(rows))
     wrong = [row for row in rows if row["failed"] is False]
