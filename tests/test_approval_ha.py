@@ -121,3 +121,50 @@ def test_under_serve_ha_a_run_waiting_for_approval_outlives_the_replica_that_ask
              f"refund records for order {order_id}: {len(records)}, version {records[0].get('version')}"]
     print("\n".join(lines))
     figures.keep_sample("sample: an approval under make serve-ha", "\n".join(lines))
+
+
+def persisted_pending_approvals(redis_client) -> dict:
+    """What the replicas saved under the agent's one pending-approvals key (dapr-agents' `<name>:pending_approvals`)."""
+    raw = redis_client.hget(f"{APPROVAL_APP_ID}||refunds:pending_approvals", "data")
+    assert raw is not None, "no pending approvals are persisted under refund-agent||refunds:pending_approvals"
+    value = json.loads(raw)
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@pytest.mark.known_limitation
+def test_the_replicas_overwrite_each_others_pending_approvals_in_the_state_store(refund_cluster, scripted_llm,
+                                                                                redis_client):
+    """dapr-agents saves each process's whole pending-approvals dict under one key, without an etag: with
+    requests asked by two replicas, the key keeps those of the last replica that wrote it and loses the
+    others' (what a restarted replica restores from it)."""
+    refund_cluster.heal()  # the test before killed a replica
+    runs: dict[str, str] = {}  # instance id -> its approval request id
+    listed: dict[int, set[str]] = {}
+    for n in range(12):  # until two replicas hold requests of this test; the instance id decides which
+        order_id = f"P-{uuid.uuid4().hex[:8]}"
+        task = scripted_llm.task(f"Please refund 1.0 EUR for order {order_id}.")
+        scripted_llm.call_tool_when(task, "refund", {"order_id": order_id, "amount": 1.0}, FINAL)
+        instance_id = httpx.post(f"{app_url(n % 3)}/run", json={"task": task}, timeout=30).json()["instance_id"]
+        waiting = wait_for(lambda: waiting_approval(instance_id, sidecar_grpc_port(refund_cluster, 0)),  # noqa: B023
+                           f"run {instance_id} to wait for an approval")
+        runs[instance_id] = waiting["event"].removeprefix("approval_response_")
+        wait_for(lambda: any(listed_by(i, runs[instance_id]) for i in range(3)),  # noqa: B023
+                 f"a replica to list the request of run {instance_id}")
+        listed = {i: {r for r in runs.values() if listed_by(i, r)} for i in range(3)}
+        if sum(1 for ids in listed.values() if ids) >= 2:
+            break
+    try:
+        assert sum(1 for ids in listed.values() if ids) >= 2, f"all {len(runs)} requests were asked by one replica"
+        persisted = set(persisted_pending_approvals(redis_client)) & set(runs.values())
+        lost = set(runs.values()) - persisted
+        per_replica = ", ".join(f"{len(ids)} by replica {i}" for i, ids in listed.items())
+        print(f"{len(runs)} runs waiting, their requests listed {per_replica}; {len(persisted)} in the persisted key, "
+              f"{len(lost)} lost")
+        assert lost, "the persisted key holds every replica's requests"
+        assert any(persisted == ids for ids in listed.values()), "the key holds one replica's dict"
+    finally:
+        for instance_id, request_id in runs.items():  # deny them all, so that nothing of this test is left waiting
+            body = {"approval_request_id": request_id, "approved": False, "reason": "end of the test"}
+            assert raise_through(0, instance_id, f"approval_response_{request_id}", body).status_code == 202
+        for instance_id in runs:
+            wait_for(lambda: finished(0, instance_id), f"run {instance_id} to finish", 120)  # noqa: B023
