@@ -33,8 +33,8 @@ serve: setup ## the service on :8001 with the whole stack, in the foreground; Ct
 	@$(LOCAL_MODEL_SETUP)
 	@$(STACK) serve $(LLM_FLAG)
 
-serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler nodes on 127.0.0.2-4; Ctrl+C stops it all
-	@$(VENV_PY) -m tools.ha serve
+serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler nodes on 127.0.0.2-4; Ctrl+C stops it all [APP=refund-agent]
+	@$(VENV_PY) -m tools.ha serve $(if $(APP),--app "$(APP)")
 
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
 	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests

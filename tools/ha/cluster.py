@@ -5,7 +5,9 @@ with a placement node (a 3-node Raft cluster), a scheduler node (a 3-member embe
 etcd) and a replica of the service (the README's `dapr run`, same app id, its sidecar
 bound to the host's address), each given all placement and all scheduler addresses.
 Redis and Zipkin stay single, on 127.0.0.1. Ctrl+C stops all of it, replicas first.
-Tests use `running()` and the Cluster to kill, freeze and restart nodes (tests/test_ha.py).
+`--app refund-agent` (`make serve-ha APP=refund-agent`) runs examples/approval/refund_agent.py as the
+replicas instead (REPLICA_APPS). Tests use `running()` and the Cluster to kill, freeze and restart nodes
+(tests/test_ha.py, tests/test_approval_ha.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from tools.runs.refund_app import APPROVAL_APP
 from tools.stack import commands as stack
 from tools.stack import processes, services, settings
 from tools.stack import secure as secure_mode
@@ -34,6 +37,22 @@ from tools.stack.settings import DATA_DIR, HA_HOSTS, LOG_DIR, LOOPBACK
 
 PLACEMENT_ADDRESSES = ",".join(f"{host}:{settings.PLACEMENT_PORT}" for host in HA_HOSTS)
 SCHEDULER_ADDRESSES = ",".join(f"{host}:{settings.SCHEDULER_PORT}" for host in HA_HOSTS)
+
+
+@dataclass(frozen=True)
+class ReplicaApp:
+    """What each replica runs: the `dapr run` arguments of the single stack (replica_app gives each replica its
+    ports) and the topic whose subscription tells that the app is ready (None: it subscribes to none)."""
+
+    dapr_run: tuple[str, ...]
+    topic: str | None
+
+
+REPLICA_APPS = {
+    settings.SERVICE_APP_ID: ReplicaApp(tuple(stack.SERVICE_APP), "assistant.topic"),  # the default
+    settings.APPROVAL_APP_ID: ReplicaApp(tuple(APPROVAL_APP), None),  # examples/approval/refund_agent.py
+}
+SERVICE = REPLICA_APPS[settings.SERVICE_APP_ID]
 
 
 @dataclass
@@ -96,9 +115,10 @@ def scheduler_node(i: int, bin_dir, secure: bool) -> Node:
         "etcd peer": settings.SCHEDULER_ETCD_PEER_PORT, "scheduler metrics": settings.SCHEDULER_METRICS_PORT})
 
 
-def replica_app(i: int) -> list[str]:
-    """The README's service command (stack.SERVICE_APP) with replica i's ports and every control-plane address."""
-    app = list(stack.SERVICE_APP)
+def replica_app(i: int, what: ReplicaApp = SERVICE) -> list[str]:
+    """The app's command (the README's service command by default) with replica i's ports and every control-plane
+    address."""
+    app = list(what.dapr_run)
     app[app.index("-p") + 1] = str(settings.HA_APP_PORTS[i])
     app = [f"--metrics-port={settings.HA_SIDECAR_METRICS_PORTS[i]}" if arg.startswith("--metrics-port=")
            else f"--dapr-http-port={settings.HA_SIDECAR_HTTP_PORTS[i]}" if arg.startswith("--dapr-http-port=") else arg
@@ -108,12 +128,14 @@ def replica_app(i: int) -> list[str]:
             "--scheduler-host-address", SCHEDULER_ADDRESSES, *app[at:]]
 
 
-def replica_ready(i: int, api_token: str | None = None) -> bool:
+def replica_ready(i: int, api_token: str | None = None, topic: str | None = "assistant.topic") -> bool:
     """Replica i answers, its sidecar is healthy, and its topic subscription is live (see stack.service_ready)."""
     sidecar = f"http://{HA_HOSTS[i]}:{settings.HA_SIDECAR_HTTP_PORTS[i]}"
     app = f"http://{LOOPBACK}:{settings.HA_APP_PORTS[i]}"
     if not (processes.http_ok(f"{sidecar}/v1.0/healthz") and processes.http_ok(f"{app}/openapi.json")):
         return False
+    if topic is None:
+        return True
     request = urllib.request.Request(f"{sidecar}/v1.0/metadata",
                                      headers={"dapr-api-token": api_token} if api_token else {})
     try:
@@ -121,11 +143,12 @@ def replica_ready(i: int, api_token: str | None = None) -> bool:
             subscriptions = json.load(response).get("subscriptions") or []
     except (urllib.error.URLError, OSError, ValueError):
         return False
-    return any(sub.get("topic") == "assistant.topic" for sub in subscriptions)
+    return any(sub.get("topic") == topic for sub in subscriptions)
 
 
-def replica_node(i: int, runtime: DaprRuntime, llm_env: dict[str, str], secure: bool) -> Node:
-    argv, env = stack.dapr_run(runtime, replica_app(i), choose_llm(llm_env), secure=secure, base_env=llm_env)
+def replica_node(i: int, runtime: DaprRuntime, llm_env: dict[str, str], secure: bool,
+                 what: ReplicaApp = SERVICE) -> Node:
+    argv, env = stack.dapr_run(runtime, replica_app(i, what), choose_llm(llm_env), secure=secure, base_env=llm_env)
     host = HA_HOSTS[i]
     # The wrapper binds every listener of the sidecar to TDA_SIDECAR_ADDRESS, and its HTTP and gRPC APIs to
     # TDA_SIDECAR_API_ALSO_ON too: 127.0.0.1 plays each host's own loopback, where `dapr run` writes its
@@ -137,7 +160,7 @@ def replica_node(i: int, runtime: DaprRuntime, llm_env: dict[str, str], secure: 
             "DAPR_RUNTIME_HOST": host}
     return Node(Service(f"ha-replica-{i}", argv, {"sidecar HTTP": settings.HA_SIDECAR_HTTP_PORTS[i],
                                                  "sidecar metrics": settings.HA_SIDECAR_METRICS_PORTS[i]},
-                        lambda: replica_ready(i, env.get("DAPR_API_TOKEN"))), host, env, replica=True,
+                        lambda: replica_ready(i, env.get("DAPR_API_TOKEN"), what.topic)), host, env, replica=True,
                 health_ports={"app": settings.HA_APP_PORTS[i], "sidecar HTTP": settings.HA_SIDECAR_HTTP_PORTS[i]})
 
 
@@ -164,9 +187,10 @@ def require_free(node: Node) -> None:
 class Cluster:
     """The HA stack's nodes, by name; start, stop, kill and restart them one by one."""
 
-    def __init__(self, runtime: DaprRuntime, llm_env: dict[str, str], secure: bool = False) -> None:
+    def __init__(self, runtime: DaprRuntime, llm_env: dict[str, str], secure: bool = False,
+                 app: ReplicaApp = SERVICE) -> None:
         nodes = [make(i, runtime.bin_dir, secure) for make in (placement_node, scheduler_node) for i in range(3)]
-        nodes += [replica_node(i, runtime, llm_env, secure) for i in range(len(HA_HOSTS))]
+        nodes += [replica_node(i, runtime, llm_env, secure, app) for i in range(len(HA_HOSTS))]
         self.nodes = {node.name: node for node in nodes}
 
     def start(self, names: list[str]) -> None:
@@ -244,13 +268,17 @@ def _shared_services(runtime: DaprRuntime, secure: bool) -> list[Service]:
 
 
 @contextlib.contextmanager
-def running(llm_env: dict[str, str], secure: bool = False) -> Iterator[Cluster]:
-    """The HA stack for the duration of the block; stops what it started, and nothing it found running."""
+def running(llm_env: dict[str, str], secure: bool = False, app: ReplicaApp = SERVICE) -> Iterator[Cluster]:
+    """The HA stack for the duration of the block, `app` as its replicas; stops what it started, and nothing it
+    found running."""
+    if secure and app != SERVICE:
+        raise StackError("secure mode runs the service only (its Redis password reaches ./resources, not the "
+                         "app's own components)")
     runtime = find_runtime()
     services.stop_leftovers()
     started: dict[str, tuple[Service, psutil.Process]] = {}
     shared = _shared_services(runtime, secure)  # first: it creates sentry's root certificate, which sidecars get
-    cluster = Cluster(runtime, llm_env, secure)
+    cluster = Cluster(runtime, llm_env, secure, app)
     try:
         for service in shared:
             if (processes.recorded(service.name) is not None and service.ready()) or (
@@ -281,8 +309,8 @@ def running(llm_env: dict[str, str], secure: bool = False) -> Iterator[Cluster]:
         services.stop_services(list(started))
 
 
-def serve() -> int:
-    """`make serve-ha`: the HA stack in the foreground until Ctrl+C or SIGTERM."""
+def serve(app_id: str = settings.SERVICE_APP_ID) -> int:
+    """`make serve-ha [APP=<app id>]`: the HA stack in the foreground until Ctrl+C or SIGTERM."""
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -294,7 +322,7 @@ def serve() -> int:
     llm_env = dict(os.environ)
     say(choose_llm(llm_env).banner)
     try:
-        with running(llm_env, secure=secure) as cluster:
+        with running(llm_env, secure=secure, app=REPLICA_APPS[app_id]) as cluster:
             for i, host in enumerate(HA_HOSTS):
                 say(f"host {host}: {settings.HA_PLACEMENT_IDS[i]}, {settings.HA_SCHEDULER_IDS[i]}, sidecar http://{host}:"
                     f"{settings.HA_SIDECAR_HTTP_PORTS[i]}, app http://{LOOPBACK}:{settings.HA_APP_PORTS[i]}/run")
@@ -316,10 +344,13 @@ def serve() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv) != ["serve"]:
-        print("usage: python -m tools.ha serve", file=sys.stderr)
-        return 2
-    return serve()
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["serve"]:
+        return serve()
+    if len(args) == 3 and args[:2] == ["serve", "--app"] and args[2] in REPLICA_APPS:
+        return serve(args[2])
+    print(f"usage: python -m tools.ha serve [--app {'|'.join(REPLICA_APPS)}]", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -412,6 +412,8 @@ PASSAGES = [
     Passage(ROOT / "docs" / "looking-inside.md", "sample: make crash-demo", render_sample, HOW_RUNS),
     Passage(ROOT / "docs" / "tools.md", "sample: make approval-demo", render_sample, HOW_APPROVALS),
     Passage(ROOT / "docs" / "tools.md", "sample: runs waiting for approval", render_sample, HOW_APPROVALS),
+    Passage(ROOT / "docs" / "tools.md", "sample: an approval under make serve-ha", render_sample,
+            f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_approval_ha.py -s"),
 ]
 
 

@@ -52,6 +52,8 @@ LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the L
 APPROVAL_CLAIM = "a tool call waits for a human's approval; approved, it runs once and the answer uses its result"
 DASHBOARD_APPROVAL_CLAIM = "approve or deny from the dashboard, and through another replica than the one that asked"
 REFUND_AGENT = "examples/approval/refund_agent.py"
+HA_APPROVAL_CLAIM = ("under `make serve-ha`, a run waiting for approval outlives the replica that asked; approved "
+                     "through another replica, it completes and the refund happens once")
 LOCAL_MODEL_CLAIM = ("answers with a real model on this machine, offline and without a key (`LLM=local`: "
                      "SmolLM2-135M served by Ollama), and stores its memory summary or says why not")
 LOCAL_MODEL_IS_ECHO = ("LLM=local reaches Dapr's echo component instead of the model (tools/stack/llm.py)",
@@ -317,6 +319,14 @@ SWITCH_OFFS = [
                     'app = [script if arg == SCRIPT else (arg + "-2" if second_replica and arg == APPROVAL_APP_ID '
                     'else arg) for arg in approval_app(*self.ports)]'),),
               because=r"workflow instance '\w+' not found"),
+    SwitchOff(HA_APPROVAL_CLAIM,
+              "test_approval_ha.py::test_under_serve_ha_a_run_waiting_for_approval_outlives_the_replica_that_asked_"
+              "and_completes_once_approved_through_another",
+              "each replica of `make serve-ha` runs the refund agent under an app id of its own (refund-agent-<i>), "
+              "so they share no runs (tools/ha/cluster.py)",
+              (Edit("tools/ha/cluster.py", "    app = list(what.dapr_run)\n",
+                    '    app = [f"{a}-{i}" if a == settings.APPROVAL_APP_ID else a for a in what.dapr_run]\n'),),
+              because=r"raise-event on replica \d: \d{3} .*(not found|no such instance|does not exist)"),
     SwitchOff("runs waiting for approval hold no thread: 100 wait at once",
               "test_approval.py::test_100_runs_waiting_for_approval_hold_no_thread",
               none="a measurement: docs/tools.md shows the figures the test writes"),

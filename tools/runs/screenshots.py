@@ -1,6 +1,7 @@
 """The README's pictures of a real run: its trace in Zipkin and its workflow history.
 
-    python -m tools.runs.screenshots      # part of `make images`
+    python -m tools.runs.screenshots            # part of `make images`: every picture below
+    python -m tools.runs.screenshots approval   # only images/dashboard-approval.png
 
 Starts the stack with Zipkin and the service answering from the scripted LLM,
 makes one run through `POST /run`, then
@@ -8,7 +9,10 @@ makes one run through `POST /run`, then
   package, driven by Playwright without downloading a browser) and saves
   images/zipkin-trace.png;
 - renders `make history` of the same run to images/workflow-history.png;
-- opens the run's page in `make dashboard` and saves images/dashboard-run.png.
+- opens the run's page in `make dashboard` and saves images/dashboard-run.png;
+- then runs examples/approval/refund_agent.py the same way (the scripted LLM calls its refund tool),
+  opens the page of its run waiting for approval in `make dashboard APP=refund-agent` and saves
+  images/dashboard-approval.png (the run is denied afterwards, so that it ends).
 Everything it starts, it stops.
 """
 
@@ -20,9 +24,19 @@ import time
 import httpx
 
 from tools.runs.workflows import history, sidecar_grpc_port
+from tools.stack import commands as stack
+from tools.stack import processes
 from tools.stack.processes import StackError
-from tools.stack.scripted_llm import service_with_scripted_llm
-from tools.stack.settings import ROOT, SERVICE_URL, ZIPKIN_PORT
+from tools.stack.scripted_llm import ScriptedLLM, service_with_scripted_llm
+from tools.stack.settings import (
+    APPROVAL_APP_ID,
+    DASHBOARD_PORT,
+    DASHBOARD_URL,
+    LOG_DIR,
+    ROOT,
+    SERVICE_URL,
+    ZIPKIN_PORT,
+)
 
 IMAGES = ROOT / "images"
 CHROMIUM = "/usr/bin/chromium"
@@ -82,6 +96,54 @@ def dashboard_screenshot(instance_id: str) -> None:
         browser.close()
 
 
+APPROVAL_TASK = "Order A-2077 arrived late and cold; please refund the customer's 18.90 EUR."
+
+
+def approval_screenshot() -> str:
+    """images/dashboard-approval.png: the dashboard's page of a refund waiting for approval; returns the run."""
+    from playwright.sync_api import sync_playwright
+
+    from tools.runs.approval_demo import forget_refund
+    from tools.runs.approvals import answer, waiting_approval
+    from tools.runs.refund_app import APP_URL, RefundApp
+
+    llm = ScriptedLLM(port=0).start()  # a port of its own: never the test suite's LLM
+    llm.call_tool_when(APPROVAL_TASK, "refund", {"order_id": "A-2077", "amount": 18.9}, "Done: {tool_result}.")
+    try:
+        with stack.running(tracing=True) as runtime:  # Zipkin too: the page links the run's trace
+            app = RefundApp(runtime, llm.client_env(), LOG_DIR / "screenshots-refund-agent.log")
+            app.start()
+            try:
+                forget_refund("A-2077")
+                instance_id = httpx.post(f"{APP_URL}/run", json={"task": APPROVAL_TASK}, timeout=30).json()[
+                    "instance_id"]
+                processes.wait_until(lambda: waiting_approval(instance_id, sidecar_grpc_port(APPROVAL_APP_ID)),
+                                     f"run {instance_id} to wait for an approval")
+                processes.require_free({"dashboard": DASHBOARD_PORT})
+                name = "screenshots-dashboard-approval"
+                dashboard = processes.spawn(name, [sys.executable, "-m", "tools.runs.dashboard",
+                                                   "--app-id", APPROVAL_APP_ID])
+                try:
+                    processes.wait_until(lambda: processes.http_ok(f"{DASHBOARD_URL}/"), "make dashboard",
+                                         process=dashboard, log=LOG_DIR / f"{name}.log")
+                    with sync_playwright() as playwright:
+                        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                        page = browser.new_page(viewport={"width": 1300, "height": 900})
+                        page.goto(f"{DASHBOARD_URL}/#/run/{instance_id}")
+                        page.wait_for_selector("#approval-box:not([hidden]) #approve", timeout=30_000)
+                        page.wait_for_selector("#approval:has-text('s left')", timeout=30_000)
+                        page.screenshot(path=str(IMAGES / "dashboard-approval.png"), full_page=True)
+                        browser.close()
+                finally:
+                    processes.stop(name)
+                answer(instance_id, False, sidecar_grpc_port(APPROVAL_APP_ID), reason="denied after the screenshot")
+            finally:
+                app.stop()
+    finally:
+        llm.stop()
+    return instance_id
+
+
 def history_picture(instance_id: str) -> None:
     import matplotlib
 
@@ -97,21 +159,28 @@ def history_picture(instance_id: str) -> None:
     fig.savefig(IMAGES / "workflow-history.png", dpi=110, facecolor=fig.get_facecolor())
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["approval"]):
+        print("usage: python -m tools.runs.screenshots [approval]", file=sys.stderr)
+        return 2
     if not (ROOT / ".venv" / "bin" / "python").exists():
         print("error: run `make setup` first", file=sys.stderr)
         return 1
     try:
-        with service_with_scripted_llm(tracing=True, log_name="screenshots-service"):
-            instance_id = one_run()
-            history_picture(instance_id)
-            zipkin_screenshot(trace_id_of(instance_id))
-            dashboard_screenshot(instance_id)
+        if not args:
+            with service_with_scripted_llm(tracing=True, log_name="screenshots-service"):
+                instance_id = one_run()
+                history_picture(instance_id)
+                zipkin_screenshot(trace_id_of(instance_id))
+                dashboard_screenshot(instance_id)
+            print(f"[images] wrote images/zipkin-trace.png, images/workflow-history.png and images/dashboard-run.png "
+                  f"for run {instance_id}")
+        waiting_id = approval_screenshot()
     except StackError as exc:
         print(f"[images] error: {exc}", file=sys.stderr)
         return 1
-    print(f"[images] wrote images/zipkin-trace.png, images/workflow-history.png and images/dashboard-run.png "
-          f"for run {instance_id}")
+    print(f"[images] wrote images/dashboard-approval.png for run {waiting_id}, waiting for approval (then denied)")
     return 0
 
 
