@@ -310,7 +310,8 @@ def page_figures(r: dict) -> str:
     plan, lat, direct, cost = r["plan"], r["latency"], r["direct"], r["cost"]
     rows = [[f"one run, `POST /run` until COMPLETED, concurrency 1 ({lat['n']} runs)",
              f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms"],
-            ["the same two Conversation API calls sent straight to the sidecar", f"p50 {direct['p50_ms']} ms"],
+            ["the same two Conversation API calls sent straight to the sidecar, in turns with those runs",
+             f"p50 {direct['p50_ms']} ms"],
             ["**durable / direct**", f"**{r['durable_over_direct']}x**"]]
     for delay in plan["delays"]:
         for trigger in ("http", "pubsub"):
