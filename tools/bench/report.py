@@ -411,7 +411,16 @@ def page_goals(r: dict) -> str:
         if measured:
             verdicts.append(f"{' and '.join(map(str, measured))} ms {how}, "
                             + ("met" if min(measured) <= goal else "not met"))
-    return f"The goals: {goals}. This run: {'; '.join(verdicts) or 'the knobs were not measured'}."
+    text = f"The goals: {goals}. This run: {'; '.join(verdicts) or 'the knobs were not measured'}."
+    by_name = {row["knob"]: row for row in r.get("knobs", [])}
+    shared = [(how, goal, by_name[name]) for how, goal, name in (
+        ("with the README's defaults", GOALS_MS["with the README's defaults"][1], "a shared Dapr client"),
+        ("lean", GOALS_MS["lean"][1], "lean, with a shared Dapr client")) if name in by_name]
+    if shared:  # what the fix proposed upstream would give (docs/upstream.md); not in the service
+        text += (" With one shared Dapr client (the fix proposed upstream, measured by the bench only): "
+                 + "; ".join(f"{_cpu_ms(row)} ms {how}, " + ("met" if _cpu_ms(row) <= goal else "not met")
+                             for how, goal, row in shared) + ".")
+    return text
 
 
 def page_breakdown(r: dict) -> str:
