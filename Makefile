@@ -43,7 +43,7 @@ test: setup ## lint (ruff), then the end-to-end test suite against a real local 
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m tools.proof.suite   # the test modules in groups side by side (tools/proof/suite.py)
 
-bench: setup ## what durability costs: latency, throughput, cost per run (table, bench/results/, images/bench.png; LLM=local: also a real model)
+bench: setup ## what durability costs: latency, throughput of both doors, cost per run (table, bench/results/, images/bench.png; LLM=local: also a real model)
 	@$(LOCAL_MODEL_SETUP)
 	@$(VENV_PY) -m tools.bench $(if $(filter local,$(LLM)),--local-model)
 

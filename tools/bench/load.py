@@ -75,7 +75,18 @@ class Load:
         self.llm, self.calls_per_run = llm, calls_per_run
         self.grpc_port = sidecar_grpc_port(SERVICE_APP_ID)
         self.workflows = DaprWorkflowClient(host="127.0.0.1", port=str(self.grpc_port))
-        self.client = httpx.Client(base_url=SERVICE_URL, timeout=120, limits=httpx.Limits(max_connections=300))
+        self.client = self._http_client()
+
+    @staticmethod
+    def _http_client() -> httpx.Client:
+        return httpx.Client(base_url=SERVICE_URL, timeout=120, limits=httpx.Limits(max_connections=300))
+
+    def fresh_connections(self) -> None:
+        """Connections of its own for the next measurement. uvicorn closes a connection idle for 5 s, and one
+        the pool reuses at that moment fails the request (connection reset): after a pub/sub measurement,
+        the HTTP clients' connections have been idle that long."""
+        self.client.close()
+        self.client = self._http_client()
 
     def close(self) -> None:
         self.client.close()
@@ -98,25 +109,29 @@ class Load:
         self.wait(self.start(task))
         return time.perf_counter() - started
 
-    def latency(self, warmup: int, runs: int) -> dict:
-        for i in range(warmup):
-            self.run_once(f"warm-up {i}")
-        return summary_ms([self.run_once(f"latency {i}") for i in range(runs)])
-
-    def direct(self, runs: int) -> dict:
-        """The same LLM work without durability: a run's two Conversation API calls, straight to the sidecar."""
+    def latency_and_direct(self, warmup: int, runs: int) -> tuple[dict, dict]:
+        """One run at a time, and the same LLM work without durability (a run's two Conversation API calls
+        straight to the sidecar), taken in turns: on a shared machine the load moves, and each durable run
+        and its direct pair meet the same moment of it."""
         def converse(text: str) -> None:
-            response = httpx.post(f"{SIDECAR_URL}/v1.0-alpha2/conversation/llm-provider/converse", timeout=60,
-                                  json={"inputs": [{"messages": [{"ofUser": {"content": [{"text": text}]}}]}]})
+            response = direct.post("/v1.0-alpha2/conversation/llm-provider/converse",
+                                   json={"inputs": [{"messages": [{"ofUser": {"content": [{"text": text}]}}]}]})
             response.raise_for_status()
 
-        samples = []
-        for i in range(runs):
-            started = time.perf_counter()
-            converse(f"Write a haiku about programming ({i}).")
-            converse("Summarize the following conversation ...")
-            samples.append(time.perf_counter() - started)
-        return summary_ms(samples)
+        self.fresh_connections()
+        for i in range(warmup):
+            self.run_once(f"warm-up {i}")
+        durable, direct_s = [], []
+        # One client kept open, as the durable runs' own: a client per call would time this process building
+        # TLS contexts, which a loaded machine makes several times slower than the calls themselves.
+        with httpx.Client(base_url=SIDECAR_URL, timeout=60) as direct:
+            for i in range(runs):
+                durable.append(self.run_once(f"latency {i}"))
+                started = time.perf_counter()
+                converse(f"Write a haiku about programming ({i}).")
+                converse("Summarize the following conversation ...")
+                direct_s.append(time.perf_counter() - started)
+        return summary_ms(durable), summary_ms(direct_s)
 
     # -- throughput ------------------------------------------------------------------
     def http(self, concurrency: int, runs: int, delay_s: float) -> dict:
@@ -124,6 +139,7 @@ class Load:
         marker = uuid.uuid4().hex[:8]
         self.llm.set_delay(delay_s)
         self.llm.reset_peak()
+        self.fresh_connections()
         with ResourceMeter() as meter, ThreadPoolExecutor(concurrency) as pool:
             started = time.perf_counter()
             samples = list(pool.map(self.run_once, [f"http c{concurrency} [bench {marker} {i}]" for i in range(runs)]))
@@ -188,6 +204,7 @@ class Load:
         """Mean time from scheduling to completion of each activity, from the runs' workflow histories."""
         per_step: dict[str, list[float]] = {}
         totals = []
+        self.fresh_connections()
         for i in range(runs):  # one at a time: the cost of a run, not of a queue
             instance_id = self.start(f"breakdown {i}")
             self.wait(instance_id)

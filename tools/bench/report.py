@@ -56,7 +56,12 @@ def print_table(r: dict) -> None:
                   f"{row['ceiling_runs_per_s']:>8} {row['fraction_of_ceiling']:>6} {row['load_average_1min']:>5}   "
                   f"{_cpu(row)}")
             if "latency" in row:
-                print(f"{'':<56} one run at concurrency 1: p50 {row['latency']['p50_ms']} ms")
+                direct = (f"; the direct calls p50 {row['direct']['p50_ms']} ms -> durable/direct "
+                          f"{row['durable_over_direct']}x" if "direct" in row else "")
+                print(f"{'':<56} one run at concurrency 1: p50 {row['latency']['p50_ms']} ms{direct}")
+            if "share" in row.get("app_profile", {}):
+                print(f"{'':<56} the app's Python time: " + ", ".join(
+                    f"{name[:40]} {share:.0%}" for name, share in list(row["app_profile"]["share"].items())[:3]))
     b = r["breakdown"]
     print(f"\nWhere a run's {b['mean_run_ms']} ms go (mean of {b['runs']}): " +
           ", ".join(f"{k} {v}" for k, v in b["activities_ms"].items()) +
@@ -202,25 +207,111 @@ def page_burst(r: dict) -> str:
             f"exactly twice: its answer and its summary). Peak RSS: app {peak['app']} MB, daprd {peak['daprd']} MB.")
 
 
-def page_pubsub(r: dict) -> str:
-    delay = max(r["plan"]["delays"])
-    waiting = ", ".join(f"{row['runs_per_s']} runs/s with {row['concurrency']} published at once"
-                        for row in _rows(r, "pubsub", delay))
-    text = f"Measured, pub/sub with the {_llm(delay)}: {waiting}."
-    rows = _knob_rows(r, "pub/sub acknowledges without waiting")
-    if not rows:
-        return text + " " + _not_measured("The variant that acknowledges without waiting")
-    loads = [row["load_average_1min"] for row in rows]
-    return text + (" The variant that acknowledges once the run is scheduled: " +
-                   ", ".join(f"{row['runs_per_s']} runs/s with the {_llm(row['llm_delay_s'])}" for row in rows) +
-                   f", {rows[0]['concurrency']} published at once, at a load average of {min(loads)} to {max(loads)}.")
+def _level(rows: list[dict], concurrency: int) -> dict | None:
+    return next((row for row in rows if row["concurrency"] == concurrency), None)
+
+
+def page_doors(r: dict) -> str:
+    """HTTP and the topic, measured one after the other at each concurrency, each LLM latency."""
+    table, ratios = [], {}
+    for delay in r["plan"]["delays"]:
+        http, topic = _rows(r, "http", delay), _rows(r, "pubsub", delay)
+        for level in sorted({row["concurrency"] for row in http + topic}):
+            h, t = _level(http, level), _level(topic, level)
+            if h is None or t is None:
+                continue
+            ratios[(delay, level)] = t["runs_per_s"] / h["runs_per_s"]
+            table.append([_llm(delay), level, h["runs_per_s"], t["runs_per_s"], f"{ratios[(delay, level)]:.2f}",
+                          f"{h['peak_llm_calls_in_flight']} / {t['peak_llm_calls_in_flight']}"])
+    if not ratios:
+        return "The two doors were not measured side by side in this run."
+    rendered = _table(["LLM", "at once", "HTTP runs/s", "topic runs/s", "topic / HTTP",
+                       "LLM calls in flight at most, HTTP / topic"], table)
+    slow, top = max(r["plan"]["delays"]), max(level for _, level in ratios)
+    parts = []
+    if (slow, top) in ratios:
+        t = _level(_rows(r, "pubsub", slow), top)
+        h = _level(_rows(r, "http", slow), top)
+        parts.append(f"With the {_llm(slow)} and {top} tasks at once, the topic completed "
+                     f"{ratios[(slow, top)]:.2f} times the runs per second of `POST /run` measured beside it, with "
+                     f"up to {t['peak_llm_calls_in_flight']} LLM calls in flight ({h['peak_llm_calls_in_flight']} "
+                     "for HTTP)")
+    instant = [ratio for (delay, _), ratio in ratios.items() if delay == 0]
+    if instant:
+        parts.append(f"with the instant LLM, where the stack's CPU is the limit, the topic reached "
+                     f"{min(instant):.2f} to {max(instant):.2f} times HTTP's rate")
+    return (f"{rendered}\n\nHTTP: that many clients, each starting a run and waiting for it; the topic: that many "
+            "tasks published at once, the next wave when all are done. " + "; ".join(parts) + ".")
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def page_shared_client(r: dict) -> str:
+    """The knob 'a shared Dapr client' against the README's defaults measured before and after it."""
+    by_name = {row["knob"]: row for row in r.get("knobs", [])}
+    defaults = [row for name, row in by_name.items() if name.startswith("the README's defaults")]
+    shared = by_name.get("a shared Dapr client")
+    if shared is None or not defaults:
+        return _not_measured("The shared Dapr client")
+    rows = [*defaults[:1], shared, *defaults[1:]]
+    lean, lean_shared = by_name.get("lean: all of these"), by_name.get("lean, with a shared Dapr client")
+    rows += [row for row in (lean, lean_shared) if row is not None]
+    table = _table(["service", "CPU ms per run", "app", "daprd", "runs/s", "one run, p50 ms", "direct, p50 ms",
+                    "durable / direct"],
+                   [[row["knob"], _cpu_ms(row), row["cpu_ms_per_run"]["app"], row["cpu_ms_per_run"]["daprd"],
+                     row["runs_per_s"], row.get("latency", {}).get("p50_ms", ""),
+                     row.get("direct", {}).get("p50_ms", ""),
+                     f"{row['durable_over_direct']}x" if "durable_over_direct" in row else ""] for row in rows])
+    stack, app = (_mean(row[key] if key else row["cpu_ms_per_run"]["app"] for row in defaults)
+                  for key in ("stack_cpu_ms_per_run", None))
+    text = (f"{table}\n\nThe same load as the knobs below ({r['plan']['knob_concurrency']} clients, instant LLM), "
+            "the defaults measured before and after. With one shared client, a run cost "
+            f"{_cpu_ms(shared) / stack:.2f} of the defaults' CPU (mean of the two), the app's share "
+            f"{shared['cpu_ms_per_run']['app'] / app:.2f} of theirs")
+    if "durable_over_direct" in shared and all("durable_over_direct" in row for row in defaults):
+        text += (f"; durable / direct went from {_slashed(row['durable_over_direct'] for row in defaults)}x to "
+                 f"{shared['durable_over_direct']}x")
+    if lean and lean_shared:
+        text += f"; lean, the shared client took a run to {_cpu_ms(lean_shared) / _cpu_ms(lean):.2f} of lean's CPU"
+    text += "."
+    profile, before = shared.get("app_profile", {}), r.get("app_profile", {})
+    key = next((name for name in profile.get("share", {}) if name.startswith("a new DaprClient")), None)
+    if key and key in before.get("share", {}):
+        text += (f" In the app's profile, building clients went from {before['share'][key]:.0%} of its Python time "
+                 f"({before['at']}) to {profile['share'][key]:.0%} ({profile['at']}, with the shared client).")
+    return text
+
+
+def page_topic_consumer(r: dict) -> str:
+    """The topic with dapr-agents' own consumer against the service's, the same load one after the other."""
+    by_name = {row["knob"]: row for row in r.get("knobs", [])}
+    stock = next((row for name, row in by_name.items() if name.startswith("topic: dapr-agents")), None)
+    fixed = next((row for name, row in by_name.items() if name.startswith("topic: the service's")), None)
+    http = next((row for name, row in by_name.items() if name.startswith("HTTP beside it")), None)
+    if stock is None or fixed is None:
+        return _not_measured("The topic's two consumers")
+    rows = [row for row in (stock, fixed, http) if row is not None]
+    table = _table([f"{stock['concurrency']} tasks at once, {_llm(stock['llm_delay_s'])}", "runs/s",
+                    "LLM calls in flight at most", "p50 ms", "CPU ms per run"],
+                   [[row["knob"], row["runs_per_s"], row["peak_llm_calls_in_flight"], row["p50_ms"], _cpu_ms(row)]
+                    for row in rows])
+    text = (f"{table}\n\nThe service's consumer completed {fixed['runs_per_s'] / stock['runs_per_s']:.1f} times "
+            f"the runs per second of dapr-agents' own, with {fixed['peak_llm_calls_in_flight']} LLM calls in flight "
+            f"at most against {stock['peak_llm_calls_in_flight']}")
+    if http is not None:
+        text += f"; it reached {fixed['runs_per_s'] / http['runs_per_s']:.2f} of HTTP's rate beside it"
+    return text + "."
 
 
 def page_figures(r: dict) -> str:
     plan, lat, direct, cost = r["plan"], r["latency"], r["direct"], r["cost"]
     rows = [[f"one run, `POST /run` until COMPLETED, concurrency 1 ({lat['n']} runs)",
              f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms"],
-            ["the same two Conversation API calls sent straight to the sidecar", f"p50 {direct['p50_ms']} ms"],
+            ["the same two Conversation API calls sent straight to the sidecar, in turns with those runs",
+             f"p50 {direct['p50_ms']} ms"],
             ["**durable / direct**", f"**{r['durable_over_direct']}x**"]]
     for delay in plan["delays"]:
         for trigger in ("http", "pubsub"):
@@ -320,7 +411,16 @@ def page_goals(r: dict) -> str:
         if measured:
             verdicts.append(f"{' and '.join(map(str, measured))} ms {how}, "
                             + ("met" if min(measured) <= goal else "not met"))
-    return f"The goals: {goals}. This run: {'; '.join(verdicts) or 'the knobs were not measured'}."
+    text = f"The goals: {goals}. This run: {'; '.join(verdicts) or 'the knobs were not measured'}."
+    by_name = {row["knob"]: row for row in r.get("knobs", [])}
+    shared = [(how, goal, by_name[name]) for how, goal, name in (
+        ("with the README's defaults", GOALS_MS["with the README's defaults"][1], "a shared Dapr client"),
+        ("lean", GOALS_MS["lean"][1], "lean, with a shared Dapr client")) if name in by_name]
+    if shared:  # what the fix proposed upstream would give (docs/upstream.md); not in the service
+        text += (" With one shared Dapr client (the fix proposed upstream, measured by the bench only): "
+                 + "; ".join(f"{_cpu_ms(row)} ms {how}, " + ("met" if _cpu_ms(row) <= goal else "not met")
+                             for how, goal, row in shared) + ".")
+    return text
 
 
 def page_breakdown(r: dict) -> str:
@@ -336,7 +436,8 @@ def page_breakdown(r: dict) -> str:
 
 
 PAGE_BLOCKS = {"the machine": page_machine, "the worker pool": page_worker_pool, "the bursts": page_burst,
-               "pub/sub": page_pubsub, "the figures": page_figures, "CPU per run": page_cpu,
+               "the two doors": page_doors, "a shared Dapr client": page_shared_client,
+               "the topic's consumer": page_topic_consumer, "the figures": page_figures, "CPU per run": page_cpu,
                "the app's profile": page_profile, "the knobs": page_knobs, "the goals": page_goals,
                "where one run's time goes": page_breakdown}
 

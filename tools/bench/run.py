@@ -74,7 +74,18 @@ KNOBS = {
     "lean: all of these": dict(fsync="everysec", api_logging=False, sampling="0", metrics=False,
                                variant={"TDA_BENCH_NO_SUMMARY": "1"}),
     "lean, keeping the memory summary": dict(fsync="everysec", api_logging=False, sampling="0", metrics=False),
+    # What a fix in dapr-agents would give (docs/upstream.md): one DaprClient per process, not one per call.
+    "a shared Dapr client": dict(variant={"TDA_BENCH_SHARED_CLIENT": "1"}),
+    "lean, with a shared Dapr client": dict(fsync="everysec", api_logging=False, sampling="0", metrics=False,
+                                            variant={"TDA_BENCH_NO_SUMMARY": "1", "TDA_BENCH_SHARED_CLIENT": "1"}),
 }
+SHARED_CLIENT = "a shared Dapr client"
+# The knob rows that also get one run's latency at concurrency 1 and the direct calls beside it.
+WITH_LATENCY = ("lean", "the README", SHARED_CLIENT)
+# The topic's handling: dapr-agents' own consumer against the service's (input_guard.py), same load.
+TOPIC_STOCK = "topic: dapr-agents' own consumer (stock)"
+TOPIC_FIXED = "topic: the service's consumer (OneRunPerMessage)"
+TOPIC_HTTP = "HTTP beside it: as many clients, one run each"
 
 
 @dataclass
@@ -83,32 +94,34 @@ class Plan:
 
     warmup: int = 5
     latency_runs: int = 60
-    direct_runs: int = 60
     levels: tuple[int, ...] = (1, 8, 32, 64)
     delays: tuple[float, ...] = (0.0, 1.0)
     runs: dict = field(default_factory=lambda: {
         ("http", 0.0): {1: 30, 8: 80, 32: 160, 64: 192}, ("pubsub", 0.0): {1: 12, 8: 32, 32: 64, 64: 128},
-        ("http", 1.0): {1: 3, 8: 16, 32: 64, 64: 128},
-        # pub/sub takes one run at a time (docs/benchmark.md): 2 s each, so few runs; the knob measures 64.
-        ("pubsub", 1.0): {1: 2, 8: 8}})
+        ("http", 1.0): {1: 3, 8: 16, 32: 64, 64: 128}, ("pubsub", 1.0): {1: 3, 8: 16, 32: 64, 64: 128}})
     burst: int = 256  # runs started at once, over each trigger
     knobs: tuple[str, ...] = tuple(KNOBS)
     knob_concurrency: int = 32  # the knobs above: this many clients, instant LLM, knob_runs runs
     knob_runs: int = 128
-    # The worker pool and pub/sub knobs: waves of knob_wave runs at once with this LLM latency.
+    # The worker pool's knob: waves of knob_wave runs at once over HTTP with this LLM latency.
     knob_delay: float = 1.0
     knob_wave: int = 64
-    pool_and_pubsub_knobs: bool = True
+    pool_knob: bool = True
+    # The topic's knob: topic_wave tasks published at once, LLM knob_delay, with dapr-agents' consumer and
+    # with the service's. dapr-agents' acknowledges each message when its run ends, one run at a time: past
+    # Redis's 60 s processingTimeout, a message waiting its turn would be handed out again and run twice.
+    topic_knob: bool = True
+    topic_wave: int = 12
     knob_baselines: bool = True  # the defaults measured before and after the knobs
     history_sample: int = 20
     cost_runs: int = 20
 
 
-SMOKE = Plan(warmup=2, latency_runs=5, direct_runs=5, levels=(1, 4), delays=(0.0, 0.2),
+SMOKE = Plan(warmup=2, latency_runs=5, levels=(1, 4), delays=(0.0, 0.2),
              runs={("http", 0.0): {1: 3, 4: 8}, ("pubsub", 0.0): {1: 2, 4: 4},
                    ("http", 0.2): {1: 2, 4: 4}, ("pubsub", 0.2): {1: 1, 4: 4}},
              burst=8, knobs=("lean: all of these",), knob_concurrency=4, knob_runs=8, knob_delay=0.2, knob_wave=4,
-             pool_and_pubsub_knobs=False, knob_baselines=False, history_sample=3, cost_runs=3)
+             pool_knob=False, topic_knob=False, knob_baselines=False, history_sample=3, cost_runs=3)
 
 class Bench:
     """The stack (kept up) and the service (restarted for each knob), with the scripted LLM."""
@@ -151,15 +164,14 @@ class Bench:
     def main_figures(self, plan: Plan, step) -> dict:
         load = self.serve()
         results: dict = {}
-        step("latency of one run (concurrency 1)")
-        results["latency"] = load.latency(plan.warmup, plan.latency_runs)
-        step("the same LLM calls without durability")
-        results["direct"] = load.direct(plan.direct_runs)
+        step("latency of one run (concurrency 1), in turns with the same LLM calls without durability")
+        results["latency"], results["direct"] = load.latency_and_direct(plan.warmup, plan.latency_runs)
         results["durable_over_direct"] = round(results["latency"]["p50_ms"] / results["direct"]["p50_ms"], 1)
         results["throughput"] = {"http": [], "pubsub": []}
-        for delay in plan.delays:
-            for trigger in ("http", "pubsub"):
-                for level, runs in plan.runs[(trigger, delay)].items():
+        for delay in plan.delays:  # the two doors side by side: HTTP then the topic at each concurrency
+            levels = sorted({level for trigger in ("http", "pubsub") for level in plan.runs[(trigger, delay)]})
+            for level, trigger in ((level, trigger) for level in levels for trigger in ("http", "pubsub")):
+                if (runs := plan.runs[(trigger, delay)].get(level)) is not None:
                     step(f"{trigger}, LLM {delay:g} s, concurrency {level} ({runs} runs)")
                     if trigger == "http" and delay == 0 and level == max(plan.levels):
                         # The app's profile at full load: where its CPU time goes.
@@ -179,7 +191,6 @@ class Bench:
         return results
 
     def knobs(self, plan: Plan, step) -> list[dict]:
-        rows = []
         rows, wave, wave_runs = [], plan.knob_wave, 2 * plan.knob_wave
         self.fresh_zipkin()
         # The defaults first and last: how far they drift is this machine's noise.
@@ -189,10 +200,16 @@ class Bench:
             load = self.serve(**KNOBS.get(name, {}))
             load.http(plan.knob_concurrency, plan.knob_concurrency // 2, 0)  # warm-up
             rows.append({"knob": name, **load.http(plan.knob_concurrency, plan.knob_runs, 0)})
-            if name.startswith(("lean", "the README")):
-                rows[-1]["latency"] = load.latency(0, plan.latency_runs // 2)
+            if name.startswith(WITH_LATENCY):  # durable / direct, the two measured side by side
+                row = rows[-1]
+                row["latency"], row["direct"] = load.latency_and_direct(0, plan.latency_runs)
+                row["durable_over_direct"] = round(row["latency"]["p50_ms"] / row["direct"]["p50_ms"], 1)
+            if name == SHARED_CLIENT:  # where the app's CPU goes then (after the measurement: py-spy costs)
+                with app_profile(stack_processes()["app"], STATE_DIR / "bench-app-profile-shared.raw") as profile:
+                    load.http(plan.knob_concurrency, plan.knob_runs // 2, 0)
+                rows[-1]["app_profile"] = {"at": f"http, instant LLM, concurrency {plan.knob_concurrency}", **profile}
             load.close()
-        if plan.pool_and_pubsub_knobs:
+        if plan.pool_knob:
             self.fresh_zipkin()
             step(f"knob: the worker pool, {wave} runs at once, LLM {plan.knob_delay:g} s")
             for pool, name in ((None, "worker pool of 100 threads (the script)"),
@@ -201,10 +218,21 @@ class Bench:
                 rows.append({"knob": name, **load.http(wave, wave_runs, plan.knob_delay)})
                 rows.append({"knob": name, **load.http(plan.knob_concurrency, plan.knob_runs, 0)})
                 load.close()
-            step(f"knob: pub/sub without waiting for each run, {wave} at once, LLM {plan.knob_delay:g} s and instant")
-            load = self.serve(variant={"TDA_BENCH_PUBSUB_NO_WAIT": "1"})
-            for delay in (plan.knob_delay, 0.0):
-                rows.append({"knob": "pub/sub acknowledges without waiting", **load.pubsub(wave, wave_runs, delay)})
+        if plan.topic_knob:
+            topic = plan.topic_wave
+            step(f"knob: the topic's consumer, dapr-agents' and the service's, {topic} published at once, "
+                 f"LLM {plan.knob_delay:g} s")
+            # Each service gets a warm-up wave first: a message published while the app's fresh subscription
+            # stream opens can be left pending until Redis hands it out again 60 s later (docs/upstream.md),
+            # which would be timed as the consumer's.
+            load = self.serve(variant={"TDA_BENCH_TOPIC_STOCK": "1"})
+            load.pubsub(2, 2, 0)
+            rows.append({"knob": TOPIC_STOCK, **load.pubsub(topic, topic, plan.knob_delay)})
+            load.close()
+            load = self.serve()
+            load.pubsub(2, 2, 0)
+            rows.append({"knob": TOPIC_FIXED, **load.pubsub(topic, topic, plan.knob_delay)})
+            rows.append({"knob": TOPIC_HTTP, **load.http(topic, topic, plan.knob_delay)})
             load.close()
         return rows
 
@@ -217,6 +245,7 @@ class Bench:
             text = httpx.get(f"http://127.0.0.1:{SIDECAR_METRICS_PORT}/metrics").text
             return metric_total(text, "dapr_component_conversation_count")
 
+        load.fresh_connections()
         before, before_net, before_llm = commands(), self.redis.info("stats")["total_net_input_bytes"], llm_calls()
         for i in range(runs):
             load.run_once(f"cost {i}")
