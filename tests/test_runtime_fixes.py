@@ -100,7 +100,7 @@ def test_a_pubsub_message_with_a_numeric_traceid_does_not_crash_the_sidecar(http
     assert httpx.get(f"{SIDECAR_URL}/v1.0/healthz", timeout=10).status_code == 204
 
 
-READ_FOR_S, READERS, LATEST = 30.0, 6, 8
+READ_FOR_S, READERS, LATEST = 20.0, 6, 8
 
 
 def test_reading_a_run_while_it_is_saved_never_fails(service, scripted_llm):
