@@ -64,9 +64,10 @@ def locate_runtime() -> DaprRuntime | None:
         return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
     for prefix in BUILT_RUNTIME_PREFIXES:
         if build_is_current(prefix):
-            fixes = "without our fixes from 1.18.3" if DAPR_PATCH_SET == "none" else "with our fixes from 1.18.3"
+            # (The docs' sample outputs show this line: the usual build keeps its words.)
+            fixes = " without our fixes from 1.18.3," if DAPR_PATCH_SET == "none" else ""
             return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
-                               f"Dapr {DAPR_RUNTIME_VERSION} {fixes}, built from source in {prefix}")
+                               f"Dapr {DAPR_RUNTIME_VERSION}{fixes} built from source in {prefix}")
     return None
 
 
