@@ -9,16 +9,22 @@ patches (TDA_DAPR_PATCHES=none, $TDA_HOME/dapr-1.18.2), where it fails as the bu
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from helpers import record_figure, wait_for
-from tools.stack.settings import SERVICE_APP_ID, SIDECAR_URL
+from tools.stack.settings import LOG_DIR, RESOURCES_DIR, SERVICE_APP_ID, SIDECAR_URL
 
 PUBSUB = "agent-pubsub"
 # How a failed read of a run's state, torn by a save in the middle, reads (pkg/runtime/wfengine/state).
@@ -149,3 +155,39 @@ def test_reading_a_run_while_it_is_saved_never_fails(service, scripted_llm):
                   seconds=round(time.monotonic() - started, 1))
     assert not torn, f"{len(torn)} of {reads} reads of a run failed, torn by a save: {torn[0]}"
     assert set(answers) == {200}, f"answers to the reads: {answers}"
+
+
+# tests/runtime_fixes_terminate_app.py, under its own app id, with the workflow state store only.
+TERMINATE_APP = Path(__file__).with_name("runtime_fixes_terminate_app.py")
+TERMINATE_APP_ID, BUSY_RUNS = "terminate-probe", 20
+
+
+def test_a_terminate_sent_while_a_run_works_ends_it(local_stack, tmp_path):
+    # A terminate that reaches a busy run in the same batch as an activity's result was dropped when it was
+    # not the batch's last event, or when the run continued as new in that batch (durabletask-go c1b1fb8,
+    # dapr b166158a91): the run went on RUNNING for good, and the terminate call never returned. The app
+    # terminates BUSY_RUNS runs that continue as new after each activity, so some terminates land so.
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    shutil.copy(RESOURCES_DIR / "agent-workflow.yaml", resources)
+    log = LOG_DIR / "terminate-probe.log"
+    argv = ["dapr", "run", "--app-id", TERMINATE_APP_ID, "--resources-path", str(resources), "--log-level", "warn",
+            "--", sys.executable, str(TERMINATE_APP), str(BUSY_RUNS)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, env=local_stack.env(), stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        process.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if process.poll() is None:  # `dapr run` stops its sidecar on SIGTERM
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+    line = next((line for line in log.read_text(errors="replace").splitlines() if "RESULT " in line), None)
+    assert line, f"the app printed no result; its log: {log}"
+    result = json.loads(line.split("RESULT ", 1)[1])
+    record_figure("busy runs terminated", runs=result["runs"], terminated=result["terminated"])
+    assert result["terminated"] == result["runs"], (
+        f"{result['runs'] - result['terminated']} of {result['runs']} runs terminated while they worked are still "
+        f"not TERMINATED 30 s later: {result['not_terminated']}")

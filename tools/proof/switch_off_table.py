@@ -58,6 +58,7 @@ LOCAL_MODEL_IS_ECHO = ("LLM=local reaches Dapr's echo component instead of the m
                        (Edit("tools/stack/llm.py", 'extra, provider="openai-compatible")', 'extra, provider="echo")'),))
 TRACEID_CLAIM = "Dapr 1.18.3's fix carried: a pub/sub message with a numeric traceid does not crash the sidecar"
 TORN_READ_CLAIM = "Dapr 1.18.3's fix carried: reading a run while it is saved never fails"
+TERMINATE_CLAIM = "Dapr 1.18.3's fix carried: a terminate sent while a run works ends it"
 # The runtime built without our patches (scripts/patches/README.md): `TDA_DAPR_PATCHES=none make setup` builds it.
 WITHOUT_RUNTIME_PATCHES = {"TDA_DAPR_PATCHES": "none"}
 RUNTIME_CHOICE = ("tools/stack/runtime.py", "tools/stack/settings.py", "scripts/install-dapr.sh")
@@ -411,4 +412,8 @@ SWITCH_OFFS = [
               "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
               because=r"torn by a save", covers=(*RUNTIME_CHOICE,
                                                  "scripts/patches/dapr/0472e09a61-workflow-torn-read.patch")),
+    SwitchOff(TERMINATE_CLAIM, "test_runtime_fixes.py::test_a_terminate_sent_while_a_run_works_ends_it",
+              "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
+              because=r"still not TERMINATED", covers=(*RUNTIME_CHOICE, "tests/runtime_fixes_terminate_app.py",
+                                                      "scripts/patches/durabletask-go/c1b1fb8-terminate-mid-batch.patch")),
 ]
