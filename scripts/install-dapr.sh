@@ -3,13 +3,17 @@
 # dapr CLI from the Go module proxy, because `dapr init` downloads release
 # binaries from GitHub and needs Docker; neither is available everywhere.
 #
-# The result lands in a cache outside the clone, keyed by version, so every
+# The result lands in a cache outside the clone, keyed by version and patch set, so every
 # clone (and CI) reuses one build:
-#   $TDA_HOME/dapr-<runtime>/.dapr/bin/{daprd,placement,scheduler,sentry}
+#   $TDA_HOME/dapr-<runtime>-p<patch set>/.dapr/bin/{daprd,placement,scheduler,sentry}
 #       (bin/daprd is a small wrapper around libexec/daprd: see write_daprd_wrapper)
-#   $TDA_HOME/dapr-<runtime>/.dapr/config.yaml  (what `dapr init --slim` writes)
-#   $TDA_HOME/dapr-<runtime>/bin/dapr           (the CLI)
-#   $TDA_HOME/dapr-<runtime>/.complete          (written last: the build is whole, and its recipe)
+#   $TDA_HOME/dapr-<runtime>-p<patch set>/.dapr/config.yaml  (what `dapr init --slim` writes)
+#   $TDA_HOME/dapr-<runtime>-p<patch set>/bin/dapr           (the CLI)
+#   $TDA_HOME/dapr-<runtime>-p<patch set>/.complete          (written last: the build is whole, its recipe and patch set)
+# <patch set> is a hash of scripts/patches/ (our fixes from Dapr 1.18.3, see scripts/patches/README.md):
+# a change of any patch builds into a new folder, and an older build stays usable until it is gone.
+# TDA_DAPR_PATCHES=none builds (and tools/stack/runtime.py then runs) the runtime without them, in
+# $TDA_HOME/dapr-<runtime>: the switch-offs of tests/test_runtime_fixes.py run on it.
 # DAPR_BUILD=slim (the default) compiles only the components this example uses
 # (minutes: docs/local-stack.md quotes a recorded build); DAPR_BUILD=full compiles
 # every component, like a release build (much longer), into
@@ -23,17 +27,31 @@ TAG=setup
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 DAPR_BUILD="${DAPR_BUILD:-slim}"
+PATCHES_DIR="$(cd "$(dirname "$0")" && pwd)/patches"
+
+# The patch set's name: the first 10 hex digits of the SHA-256 of each patch's path (relative to
+# scripts/patches) and text, in path order. tools/stack/settings.py computes the same (dapr_patch_set).
+patch_files() { (cd "$PATCHES_DIR" && find . -name '*.patch' | LC_ALL=C sort | sed 's|^\./||'); }
+patch_set_hash() {
+  local f
+  patch_files | while read -r f; do printf '%s\n' "$f"; cat "$PATCHES_DIR/$f"; done | sha256sum | cut -c1-10
+}
+case "${TDA_DAPR_PATCHES:-all}" in
+  all) PATCH_SET="$(patch_set_hash)"; FLAVOUR="$DAPR_RUNTIME_VERSION-p$PATCH_SET" ;;
+  none) PATCH_SET=none; FLAVOUR="$DAPR_RUNTIME_VERSION" ;;
+  *) die "TDA_DAPR_PATCHES must be all (the default: our fixes from Dapr 1.18.3) or none, not '$TDA_DAPR_PATCHES'" ;;
+esac
 
 case "$DAPR_BUILD" in
-  slim) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION" ;;
-  full) PREFIX="$TDA_HOME/dapr-$DAPR_RUNTIME_VERSION-full" ;;
+  slim) PREFIX="$TDA_HOME/dapr-$FLAVOUR" ;;
+  full) PREFIX="$TDA_HOME/dapr-$FLAVOUR-full" ;;
   *) die "DAPR_BUILD must be slim or full, not '$DAPR_BUILD'" ;;
 esac
 # The build goes into a folder of its own and replaces PREFIX only when whole, so
 # that processes still running the old binaries keep them, and a broken build
 # leaves the old one in place.
 BUILD="$PREFIX.partial"
-LOG="$TDA_HOME/logs/build-dapr-$DAPR_RUNTIME_VERSION-$DAPR_BUILD.log"
+LOG="$TDA_HOME/logs/build-dapr-$FLAVOUR-$DAPR_BUILD.log"
 
 # The configuration `dapr run` uses when no --config is given: the one a
 # full `dapr init` writes, which sends every trace to Zipkin, plus the name
@@ -99,8 +117,12 @@ SH
   mv "$1/.dapr/bin/daprd.new" "$1/.dapr/bin/daprd"   # whole, or not at all, for a daprd starting now
 }
 
-# The finished build of the current recipe that serves this request, if there is one.
-is_current() { [ -f "$1/.complete" ] && grep -qx "recipe $DAPR_BUILD_RECIPE" "$1/.complete"; }
+# The finished build of the current recipe and patch set that serves this request, if there is one.
+# (A build without patches may predate the "patches" line of the stamp.)
+is_current() {
+  [ -f "$1/.complete" ] && grep -qx "recipe $DAPR_BUILD_RECIPE" "$1/.complete" || return 1
+  [ "$PATCH_SET" = none ] || grep -qx "patches $PATCH_SET" "$1/.complete"
+}
 ready_prefix() {
   if is_current "$PREFIX"; then
     echo "$PREFIX"
@@ -161,11 +183,12 @@ start_record "$LOG"   # this build's timings, kept beside its log (lib.sh); docs
 started=$SECONDS
 mkdir -p "$(dirname "$LOG")" && : > "$LOG"
 if [ "$DAPR_BUILD" = slim ]; then how_long="minutes"; else how_long="every component: much longer"; fi
-say "runtime: Dapr $DAPR_RUNTIME_VERSION ($DAPR_BUILD) and CLI $DAPR_CLI_VERSION are built once per machine ($how_long: each step prints its time); log: $LOG"
+say "runtime: Dapr $DAPR_RUNTIME_VERSION ($DAPR_BUILD, patch set $PATCH_SET) and CLI $DAPR_CLI_VERSION are built once per machine ($how_long: each step prints its time); log: $LOG"
 
 # go install refuses modules with replace directives, so build inside a
 # writable copy of the module instead.
-src="$TDA_HOME/src/dapr-$DAPR_RUNTIME_VERSION-$DAPR_BUILD"
+src="$TDA_HOME/src/dapr-$FLAVOUR-$DAPR_BUILD"
+dt_src="$src-durabletask-go"
 
 module_dir() {  # the directory `go mod download` put a module in; why not, in the log
   local json
@@ -193,6 +216,7 @@ fetch_sources() {
     done
   fi
   patch_health_servers_to_loopback
+  if [ "$PATCH_SET" != none ]; then apply_fixes_from_1_18_3; fi
 }
 
 # placement, scheduler and sentry accept --healthz-listen-address, but 1.18.2's
@@ -207,7 +231,29 @@ patch_health_servers_to_loopback() {
   sed -i 's/net.Listen("tcp", fmt.Sprintf(":%d", s.port))/net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))/' "$file"
 }
 
-ldflags="-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_RUNTIME_VERSION-$DAPR_BUILD"
+# Our fixes from Dapr 1.18.3 (scripts/patches/README.md): scripts/patches/dapr/*.patch change the dapr
+# sources; scripts/patches/durabletask-go/*.patch change a writable copy of the durabletask-go module
+# that dapr's go.mod requires, which a `replace` line then builds in its place. Each patch must apply
+# whole, or the build stops.
+apply_fixes_from_1_18_3() {
+  command -v patch >/dev/null 2>&1 || { echo "the patch command is missing (Debian: apt-get install patch)"; return 1; }
+  local f version dir
+  for f in $(patch_files); do
+    case "$f" in dapr/*) echo "== $f"; patch -p1 --forward --batch -d "$src" < "$PATCHES_DIR/$f" ;; esac
+  done
+  if patch_files | grep -q '^durabletask-go/'; then
+    version="$(cd "$src" && go list -m -f '{{.Version}}' github.com/dapr/durabletask-go)"
+    dir="$(module_dir "github.com/dapr/durabletask-go@$version")"
+    [ -d "$dir" ] || { echo "no directory for github.com/dapr/durabletask-go@$version: '$dir'"; return 1; }
+    rm -rf "$dt_src" && cp -r "$dir" "$dt_src" && chmod -R u+w "$dt_src"
+    for f in $(patch_files); do
+      case "$f" in durabletask-go/*) echo "== $f (durabletask-go $version)"; patch -p1 --forward --batch -d "$dt_src" < "$PATCHES_DIR/$f" ;; esac
+    done
+    (cd "$src" && go mod edit -replace "github.com/dapr/durabletask-go=$dt_src")
+  fi
+}
+
+ldflags="-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_RUNTIME_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_RUNTIME_VERSION-$DAPR_BUILD-patches-$PATCH_SET"
 build_runtime_binary() {
   local out="$BUILD/.dapr/bin/$1"
   [ "$1" = daprd ] && out="$BUILD/.dapr/libexec/daprd"   # bin/daprd is the wrapper
@@ -243,8 +289,8 @@ timed "runtime: building the dapr CLI $DAPR_CLI_VERSION (5/5)" build_cli
 
 write_default_config "$BUILD"
 write_daprd_wrapper "$BUILD"
-rm -rf "$src"
-printf '%s\nrecipe %s\n' "$(date -u +%FT%TZ)" "$DAPR_BUILD_RECIPE" > "$BUILD/.complete"
+rm -rf "$src" "$dt_src"
+printf '%s\nrecipe %s\npatches %s\n' "$(date -u +%FT%TZ)" "$DAPR_BUILD_RECIPE" "$PATCH_SET" > "$BUILD/.complete"
 rm -rf "$PREFIX.old"
 if [ -d "$PREFIX" ]; then mv "$PREFIX" "$PREFIX.old"; fi
 mv "$BUILD" "$PREFIX"

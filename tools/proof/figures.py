@@ -287,7 +287,8 @@ BUILDS = {
     "build: the Kubernetes check": (f"kube-apiserver {_PINS['KUBERNETES_VERSION']}, etcd {_PINS['ETCD_VERSION']} "
                                     f"and helm {_PINS['HELM_VERSION']}"),
 }
-BUILD_LOGS = {"build: the Dapr runtime": f"build-dapr-{_PINS['DAPR_RUNTIME_VERSION']}-slim",
+# The runtime's log is named after its folder: version and patch set (scripts/install-dapr.sh).
+BUILD_LOGS = {"build: the Dapr runtime": f"build-{settings.RUNTIME_PREFIX.name}-slim",
               "build: the Kubernetes check": f"build-kube-check-{_PINS['KUBERNETES_VERSION']}"}
 # The installers' step labels start with these, in their printed lines and in their records.
 STEP_PREFIX = {"build: the Dapr runtime": "runtime: ", "build: the Kubernetes check": "kubernetes check: "}

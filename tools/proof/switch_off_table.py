@@ -58,6 +58,12 @@ LOCAL_MODEL_CLAIM = ("answers with a real model on this machine, offline and wit
                      "SmolLM2-135M served by Ollama), and stores its memory summary or says why not")
 LOCAL_MODEL_IS_ECHO = ("LLM=local reaches Dapr's echo component instead of the model (tools/stack/llm.py)",
                        (Edit("tools/stack/llm.py", 'extra, provider="openai-compatible")', 'extra, provider="echo")'),))
+TRACEID_CLAIM = "Dapr 1.18.3's fix carried: a pub/sub message with a numeric traceid does not crash the sidecar"
+TORN_READ_CLAIM = "Dapr 1.18.3's fix carried: reading a run while it is saved never fails"
+TERMINATE_CLAIM = "Dapr 1.18.3's fix carried: a terminate sent while a run works ends it"
+# The runtime built without our patches (scripts/patches/README.md): `TDA_DAPR_PATCHES=none make setup` builds it.
+WITHOUT_RUNTIME_PATCHES = {"TDA_DAPR_PATCHES": "none"}
+RUNTIME_CHOICE = ("tools/stack/runtime.py", "tools/stack/settings.py", "scripts/install-dapr.sh")
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -407,4 +413,17 @@ SWITCH_OFFS = [
               (Edit("deploy/kubernetes/manifests/durable-agent-service.yaml", "containerPort: 8001",
                     "containerPrt: 8001"),),
               because=r"REJECTED"),
+    SwitchOff(TRACEID_CLAIM,
+              "test_runtime_fixes.py::test_a_pubsub_message_with_a_numeric_traceid_does_not_crash_the_sidecar",
+              "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
+              because=r"died on the message", covers=(*RUNTIME_CHOICE,
+                                                      "scripts/patches/dapr/9d2c843687-pubsub-nonstring-traceid.patch")),
+    SwitchOff(TORN_READ_CLAIM, "test_runtime_fixes.py::test_reading_a_run_while_it_is_saved_never_fails",
+              "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
+              because=r"torn by a save", covers=(*RUNTIME_CHOICE,
+                                                 "scripts/patches/dapr/0472e09a61-workflow-torn-read.patch")),
+    SwitchOff(TERMINATE_CLAIM, "test_runtime_fixes.py::test_a_terminate_sent_while_a_run_works_ends_it",
+              "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
+              because=r"still not TERMINATED", covers=(*RUNTIME_CHOICE, "tests/runtime_fixes_terminate_app.py",
+                                                      "scripts/patches/durabletask-go/c1b1fb8-terminate-mid-batch.patch")),
 ]

@@ -1,7 +1,8 @@
 """Finding the Dapr runtime (daprd, placement, scheduler, sentry) and the `dapr` CLI.
 
 A `dapr init --slim` install of the pinned minor version is used as it is;
-otherwise the one `scripts/install-dapr.sh` built into the per-machine cache.
+otherwise the one `scripts/install-dapr.sh` built into the per-machine cache, with our
+fixes from Dapr 1.18.3 (scripts/patches/), or without them when TDA_DAPR_PATCHES=none.
 Standard library only at import: `make doctor` uses it before set-up.
 """
 
@@ -14,7 +15,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.stack.settings import BUILT_RUNTIME_PREFIXES, DAPR_BUILD_RECIPE, DAPR_RUNTIME_VERSION, TDA_HOME, VENV_BIN
+from tools.stack.settings import (
+    BUILT_RUNTIME_PREFIXES,
+    DAPR_BUILD_RECIPE,
+    DAPR_PATCH_SET,
+    DAPR_PATCHES,
+    DAPR_RUNTIME_VERSION,
+    TDA_HOME,
+    VENV_BIN,
+)
 
 
 @dataclass
@@ -47,13 +56,18 @@ def locate_runtime() -> DaprRuntime | None:
     minor = DAPR_RUNTIME_VERSION.rsplit(".", 1)[0]
     home_bin = Path.home() / ".dapr" / "bin"
     home_cli = shutil.which("dapr")
-    if (home_cli and all((home_bin / b).exists() for b in ("daprd", "placement", "scheduler"))
+    if DAPR_PATCHES not in ("all", "none"):
+        raise ValueError(f"TDA_DAPR_PATCHES must be all (the default: our fixes from Dapr 1.18.3) or none, "
+                         f"not {DAPR_PATCHES!r}")
+    if (DAPR_PATCHES == "all" and home_cli and all((home_bin / b).exists() for b in ("daprd", "placement", "scheduler"))
             and version_of(home_bin / "daprd").startswith(minor + ".")):
         return DaprRuntime(Path(home_cli), None, home_bin, f"your `dapr init` install in {home_bin.parent}")
     for prefix in BUILT_RUNTIME_PREFIXES:
         if build_is_current(prefix):
+            # (The docs' sample outputs show this line: the usual build keeps its words.)
+            fixes = " without our fixes from 1.18.3," if DAPR_PATCH_SET == "none" else ""
             return DaprRuntime(prefix / "bin" / "dapr", prefix, prefix / ".dapr" / "bin",
-                               f"Dapr {DAPR_RUNTIME_VERSION} built from source in {prefix}")
+                               f"Dapr {DAPR_RUNTIME_VERSION}{fixes} built from source in {prefix}")
     return None
 
 
@@ -68,13 +82,21 @@ def find_runtime() -> DaprRuntime:
         raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} in {TDA_HOME} was built by an older recipe "
                          f"of this example (recipe {DAPR_BUILD_RECIPE} is current). Run `make setup` to build it "
                          "again (quick with a warm Go cache).")
-    raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} is not installed. Run `make setup` "
-                     "(it builds it from the Go module proxy; a few minutes, once per machine).")
+    if DAPR_PATCH_SET == "none":
+        raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} without our fixes from 1.18.3 "
+                         f"(TDA_DAPR_PATCHES=none) is not installed in {BUILT_RUNTIME_PREFIXES[-1]}. Build it with "
+                         "`TDA_DAPR_PATCHES=none make setup` (a few minutes, once per machine).")
+    raise StackError(f"the Dapr runtime {DAPR_RUNTIME_VERSION} with our fixes from 1.18.3 (patch set "
+                     f"{DAPR_PATCH_SET}) is not installed. Run `make setup` "
+                     "(it builds it from the Go module proxy; a few minutes, once per machine; a change of "
+                     "scripts/patches/ builds it again).")
 
 
 def build_is_current(prefix: Path) -> bool:
-    """Our build in `prefix` is whole (its stamp is written last) and of the current recipe."""
+    """Our build in `prefix` is whole (its stamp is written last), of the current recipe and patch set (a
+    build without patches may predate the stamp's "patches" line)."""
     try:
-        return f"recipe {DAPR_BUILD_RECIPE}" in (prefix / ".complete").read_text().split("\n")
+        stamp = (prefix / ".complete").read_text().split("\n")
     except OSError:
         return False
+    return f"recipe {DAPR_BUILD_RECIPE}" in stamp and (DAPR_PATCH_SET == "none" or f"patches {DAPR_PATCH_SET}" in stamp)

@@ -107,10 +107,29 @@ VENV_BIN = ROOT / ".venv" / "bin"
 # The per-machine cache every clone shares: the runtime build, the Zipkin jar.
 TDA_HOME = Path(os.environ.get("TDA_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                 / "tiny-durable-agent")
-RUNTIME_PREFIX = TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}"
+# Our fixes from Dapr 1.18.3, patches to the runtime's sources (scripts/patches/README.md).
+DAPR_PATCHES_DIR = ROOT / "scripts" / "patches"
+
+
+def dapr_patch_set(patches_dir: Path = DAPR_PATCHES_DIR) -> str:
+    """The patch set's name, as scripts/install-dapr.sh computes it: the first 10 hex digits of the SHA-256
+    of each patch's path (relative to scripts/patches) and text, in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(str(path.relative_to(patches_dir)) for path in patches_dir.rglob("*.patch")):
+        digest.update(name.encode() + b"\n" + (patches_dir / name).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+# TDA_DAPR_PATCHES=none: the runtime without those fixes (the switch-offs of tests/test_runtime_fixes.py).
+DAPR_PATCHES = os.environ.get("TDA_DAPR_PATCHES") or "all"
+DAPR_PATCH_SET = "none" if DAPR_PATCHES == "none" else dapr_patch_set()
+RUNTIME_PREFIX = TDA_HOME / (f"dapr-{DAPR_RUNTIME_VERSION}" if DAPR_PATCH_SET == "none"
+                             else f"dapr-{DAPR_RUNTIME_VERSION}-p{DAPR_PATCH_SET}")
 # Where scripts/install-dapr.sh builds, in the order the tooling looks: every
 # component (DAPR_BUILD=full, asked for on purpose), then the slim build.
-BUILT_RUNTIME_PREFIXES = (TDA_HOME / f"dapr-{DAPR_RUNTIME_VERSION}-full", RUNTIME_PREFIX)
+BUILT_RUNTIME_PREFIXES = (RUNTIME_PREFIX.with_name(RUNTIME_PREFIX.name + "-full"), RUNTIME_PREFIX)
 # `make run LLM=local`: Ollama and the model, as scripts/install-local-model.sh lays them out.
 OLLAMA_VERSION = FACTS["OLLAMA_VERSION"]
 LOCAL_MODEL_BUILD_RECIPE = FACTS["LOCAL_MODEL_BUILD_RECIPE"]
