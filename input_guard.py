@@ -36,6 +36,7 @@ import sys
 import grpc
 import uvicorn
 from dapr.clients.grpc._response import TopicEventResponse
+from dapr.common.pubsub.subscription import SubscriptionMessage
 from dapr_agents.workflow.runners import AgentRunner
 from dapr_agents.workflow.utils import subscription
 from fastapi import FastAPI
@@ -240,6 +241,20 @@ class OneRunPerMessage(subscription._StreamSubscriber):
     a second run of the same task. Here the run's id comes from the message, a message whose run exists
     starts nothing, and the message is acknowledged as soon as its run is scheduled.
     """
+
+    def _handle_message(self, pairs, topic_name, message) -> TopicEventResponse:
+        # dapr-agents reads a CloudEvent's extensions into a dict of strings, and a message with another
+        # value there (a number in `traceid`, written by another client of the topic) failed that read in
+        # every delivery: answered RETRY, Redis handed it out again, forever, and the task never ran. Such
+        # extensions are left out, with a warning, and the task runs.
+        extensions = message.extensions() if isinstance(message, SubscriptionMessage) else None
+        unreadable = {name: value for name, value in (extensions or {}).items() if not isinstance(value, str)}
+        if unreadable:
+            logger.warning("a message on the agent's topic has CloudEvent fields that are not strings, left out: %s",
+                           ", ".join(f"{name}={value!r}" for name, value in sorted(unreadable.items())))
+            readable = {name: value for name, value in extensions.items() if name not in unreadable}
+            message.extensions = lambda: readable
+        return super()._handle_message(pairs, topic_name, message)
 
     def _dispatch(self, binding, parsed) -> TopicEventResponse:
         run_input, event = subscription._serialize_workflow_input(parsed)

@@ -185,3 +185,18 @@ def test_dozens_of_published_tasks_wait_on_the_llm_together(topic_service, scrip
     assert {t: n for t in tasks if (n := len(_runs_of(redis_client, t))) != 1} == {}
     record_figure("tasks published at once with the LLM held", published=PUBLISHED_AT_ONCE,
                   llm_calls_held_at_once=held_at_once)
+
+
+def test_a_published_task_whose_cloudevent_has_a_numeric_traceid_runs_once(topic_service, scripted_llm, redis_client):
+    # Another client of the topic may write a number where CloudEvents says string. dapr-agents read that
+    # envelope in every delivery, failed, and asked Redis for the message again, forever: the task never ran.
+    task = scripted_llm.task("A number for a trace id")
+    before = _instances()
+    _publish(_cloudevent(str(uuid.uuid4()), task) | {"traceid": 4242}, "application/cloudevents+json")
+
+    runs = wait_for(lambda: _runs_of(redis_client, task), "the run of the task with a numeric traceid")
+    _wait_until_completed(topic_service, runs[0])
+    wait_for(lambda: _topic_drained(redis_client), "the message to be acknowledged")
+    assert _instances() - before == set(runs) and len(runs) == 1, f"{len(runs)} runs: {runs}"
+    assert _calls(scripted_llm, task) == {"answer": 1, "summary": 1}
+    assert "CloudEvent fields that are not strings, left out: traceid=4242.0" in _log_since_last_start(topic_service)

@@ -268,6 +268,12 @@ SWITCH_OFFS = [
               (Edit("input_guard.py", "subscription._StreamSubscriber, OneRunPerMessage",
                     "subscription._StreamSubscriber, subscription._StreamSubscriber"),),
               because=r"32 topic runs waiting on the LLM at once"),
+    SwitchOff("a published task whose CloudEvent has a number where a string belongs (`traceid`) runs once, "
+              "not retried forever",
+              "test_topic.py::test_a_published_task_whose_cloudevent_has_a_numeric_traceid_runs_once",
+              "the runner hands the message's extensions to dapr-agents as they came (input_guard.py)",
+              (Edit("input_guard.py", "        if unreadable:\n", "        if False:\n"),),
+              because=r"timed out after \d+ s waiting for the run of the task with a numeric traceid"),
     SwitchOff(APPROVAL_CLAIM, "test_approval.py::test_approved_refund_runs_once_and_the_answer_uses_its_result",
               "`make approve` raises an event whose name is not the one the run waits for (tools/runs/approvals.py)",
               (Edit("tools/runs/approvals.py", 'pb.RaiseEventRequest(instanceId=instance_id, name=waiting["event"],',
