@@ -49,6 +49,11 @@ NO_INPUT_GUARD = ("the service runs dapr-agents' own AgentRunner, without input_
 HA_CLAIM = ("runs as 3 replicas with 3 placement and 3 scheduler nodes; under load, survives a dead replica, "
             "placement leader or scheduler node and a frozen host")
 LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the LLM at once"
+TEAM_CLAIM = ("finds a second agent, in an app of its own, in the registry and hands it a task as a child workflow; "
+              "the answer comes back into its run")
+TEAM_KILL_CLAIM = ("the child run survives a SIGKILL of the other app and its sidecar: both runs complete, "
+                   "and only the LLM call the kill cut is made again")
+TEAM_REGISTRY = "examples/team/resources/team-registry.yaml"
 APPROVAL_CLAIM = "a tool call waits for a human's approval; approved, it runs once and the answer uses its result"
 DASHBOARD_APPROVAL_CLAIM = "approve or deny from the dashboard, and through another replica than the one that asked"
 REFUND_AGENT = "examples/approval/refund_agent.py"
@@ -397,4 +402,21 @@ SWITCH_OFFS = [
               (Edit("deploy/kubernetes/manifests/durable-agent-service.yaml", "containerPort: 8001",
                     "containerPrt: 8001"),),
               because=r"REJECTED"),
+    SwitchOff(TEAM_CLAIM,
+              "test_team.py::test_the_assistant_delegates_to_the_poet_it_finds_in_the_registry_and_answers_with_its_haiku",
+              "the Poet's registry store keeps Dapr's default key prefix, its own app id "
+              "(examples/team/resources/team-registry.yaml): it registers in a registry of its own",
+              (Edit(TEAM_REGISTRY, "    - name: keyPrefix\n      value: durable-agent-service\n", ""),),
+              because=r"the Poet is not in the service's registry"),
+    SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_the_poet_killed_mid_child_run_both_runs_complete_after_its_restart",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"waiting for run \w+ to finish|not found"),
+    SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_make_team_demo_prints_what_docs_team_md_shows",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"did not finish within|not found|no longer has the shape"),
+    SwitchOff("leaves the registry on a clean shutdown, and a restarted assistant no longer offers it",
+              "test_team.py::test_a_clean_shutdown_takes_the_poet_out_of_the_registry_and_a_restarted_assistant_"
+              "stops_offering_it",
+              "the app is stopped with SIGTERM, which ends it before `runner.shutdown` (tools/stack/processes.py)",
+              (SIGTERM_INSTEAD_OF_SIGINT,), because=r"the Poet is still in the registry"),
 ]

@@ -198,6 +198,30 @@ def history(instance_id: str, grpc_port: int) -> list[dict]:
     return history_rows(list(response.events))
 
 
+def family(instance_id: str, grpc_port: int) -> dict:
+    """The run's parent and children across apps, from its history: {"parent": {"instance_id", "app_id"} or None,
+    "children": [{"instance_id", "workflow", "app_id"}]}. A child workflow started on another app (multi-app
+    workflows) names that app in its event's router; the child's start names its parent's run and app."""
+    response = _stub(grpc_port).GetInstanceHistory(
+        pb.GetInstanceHistoryRequest(instanceId=instance_id), metadata=_metadata(), timeout=10)
+    return family_from_events(list(response.events))
+
+
+def family_from_events(events: list) -> dict:
+    parent, children = None, []
+    for event in events:
+        kind = event.WhichOneof("eventType")
+        if kind == "executionStarted" and event.executionStarted.HasField("parentInstance"):
+            info = event.executionStarted.parentInstance
+            parent = {"instance_id": info.workflowInstance.instanceId,
+                      "app_id": info.appID or event.router.sourceAppID}
+        elif kind == "childWorkflowInstanceCreated":
+            child = event.childWorkflowInstanceCreated
+            children.append({"instance_id": child.instanceId, "workflow": child.name,
+                             "app_id": event.router.targetAppID or event.router.sourceAppID})
+    return {"parent": parent, "children": children}
+
+
 def history_from_redis(app_id: str, instance_id: str) -> list[dict]:
     """The run's history events as plain rows, read from the workflow engine's keys in Redis."""
     import redis
