@@ -54,6 +54,7 @@ TEAM_CLAIM = ("finds a second agent, in an app of its own, in the registry and h
 TEAM_KILL_CLAIM = ("the child run survives a SIGKILL of the other app and its sidecar: both runs complete, "
                    "and only the LLM call the kill cut is made again")
 TEAM_REGISTRY = "examples/team/resources/team-registry.yaml"
+TEAM_FILES = ("examples/team/poet_agent.py", TEAM_REGISTRY, "tools/runs/team_app.py")
 APPROVAL_CLAIM = "a tool call waits for a human's approval; approved, it runs once and the answer uses its result"
 DASHBOARD_APPROVAL_CLAIM = "approve or deny from the dashboard, and through another replica than the one that asked"
 REFUND_AGENT = "examples/approval/refund_agent.py"
@@ -407,16 +408,17 @@ SWITCH_OFFS = [
               "the Poet's registry store keeps Dapr's default key prefix, its own app id "
               "(examples/team/resources/team-registry.yaml): it registers in a registry of its own",
               (Edit(TEAM_REGISTRY, "    - name: keyPrefix\n      value: durable-agent-service\n", ""),),
-              because=r"the Poet is not in the service's registry"),
+              because=r"the Poet is not in the service's registry", covers=TEAM_FILES),
     SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_the_poet_killed_mid_child_run_both_runs_complete_after_its_restart",
               "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
-              (WORKFLOW_STATE_IN_MEMORY,), because=r"waiting for run \w+ to finish|not found"),
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"waiting for run \w+ to finish|not found", covers=TEAM_FILES),
     SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_make_team_demo_prints_what_docs_team_md_shows",
               "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
-              (WORKFLOW_STATE_IN_MEMORY,), because=r"did not finish within|not found|no longer has the shape"),
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"did not finish within|not found|no longer has the shape",
+              covers=(*TEAM_FILES, "tools/runs/team_demo.py")),
     SwitchOff("leaves the registry on a clean shutdown, and a restarted assistant no longer offers it",
               "test_team.py::test_a_clean_shutdown_takes_the_poet_out_of_the_registry_and_a_restarted_assistant_"
               "stops_offering_it",
               "the app is stopped with SIGTERM, which ends it before `runner.shutdown` (tools/stack/processes.py)",
-              (SIGTERM_INSTEAD_OF_SIGINT,), because=r"the Poet is still in the registry"),
+              (SIGTERM_INSTEAD_OF_SIGINT,), because=r"the Poet is still in the registry", covers=TEAM_FILES),
 ]

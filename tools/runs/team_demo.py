@@ -23,7 +23,17 @@ import time
 import httpx
 
 from tools.runs.team_app import POET, POET_REGISTRY_KEY, PoetApp, registry_entry, registry_index
-from tools.runs.workflows import FINISHED, STATUS, _metadata, _stub, family, finished_status, pb, sidecar_grpc_port
+from tools.runs.workflows import (
+    FINISHED,
+    STATUS,
+    _metadata,
+    _stub,
+    family,
+    finished_status,
+    pb,
+    read_again_if_half_written,
+    sidecar_grpc_port,
+)
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
 from tools.stack.processes import StackError, alive, stop_dapr_run, wait_until
@@ -46,8 +56,8 @@ def clock(started: float) -> str:
 
 
 def run_status(app_id: str, instance_id: str) -> str:
-    state = _stub(sidecar_grpc_port(app_id)).GetInstance(pb.GetInstanceRequest(instanceId=instance_id),
-                                                         metadata=_metadata(), timeout=10)
+    state = read_again_if_half_written(lambda: _stub(sidecar_grpc_port(app_id)).GetInstance(
+        pb.GetInstanceRequest(instanceId=instance_id), metadata=_metadata(), timeout=10))
     return STATUS.get(state.workflowState.workflowStatus, "?") if state.exists else "UNKNOWN"
 
 
