@@ -427,4 +427,13 @@ SWITCH_OFFS = [
               (Edit("tools/runs/dashboard.py", '"family": family_from_events(events),',
                     '"family": {"parent": None, "children": []},'),),
               because=r"not enough values to unpack", covers=("tests/test_team.py", *TEAM_FILES)),
+    SwitchOff("a delegation the other app's workflow access policy refuses fails the run at once, with the reason "
+              "(without mTLS it refuses every caller)",
+              "test_team_policy.py::test_a_delegation_the_poets_access_policy_refuses_fails_the_parent_run_at_once_"
+              "with_the_reason",
+              "the policy is scoped to another app, so the Poet's sidecar does not load it "
+              "(examples/team/access-policy/poet-callers.yaml)",
+              (Edit("examples/team/access-policy/poet-callers.yaml", "scopes:\n  - team-poet\n",
+                    "scopes:\n  - another-app\n"),),
+              because=r"assert 'COMPLETED' == 'FAILED'", covers=("tests/test_team.py", *TEAM_FILES)),
 ]
