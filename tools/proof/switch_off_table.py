@@ -436,4 +436,10 @@ SWITCH_OFFS = [
               (Edit("examples/team/access-policy/poet-callers.yaml", "scopes:\n  - team-poet\n",
                     "scopes:\n  - another-app\n"),),
               because=r"assert 'COMPLETED' == 'FAILED'", covers=("tests/test_team.py", *TEAM_FILES)),
+    SwitchOff("in secure mode, the other app's workflow access policy lets exactly the service start its runs",
+              "test_team_secure.py::test_in_secure_mode_the_poets_access_policy_lets_the_service_start_its_runs",
+              "the policy names another caller than the service (examples/team/access-policy/poet-callers.yaml)",
+              (Edit("examples/team/access-policy/poet-callers.yaml", "- appID: durable-agent-service\n",
+                    "- appID: another-app\n"),),
+              because=r"access denied by workflow access policy", covers=("tests/test_team.py", *TEAM_FILES)),
 ]
