@@ -40,7 +40,8 @@ def secure_team_resources(target) -> str:
 def secure_team(service_session, local_stack, llm_env):
     """The session's service restarted on a stack in secure mode, and the Poet beside it with mTLS, its
     registry store's password from the secret store, and its workflow access policy."""
-    if processes.recorded("redis") is None:
+    if processes.recorded("redis") is None and processes.port_in_use(settings.REDIS_PORT):
+        # (tests/test_security.py, before this module, may have stopped the stack's own: then it starts again)
         pytest.skip(f"secure mode needs the stack's own Redis, but another listens on {settings.REDIS_PORT}")
     stop_dapr_run(NAME)
     service_session.stop()
