@@ -13,7 +13,7 @@ LLM_FLAG := $(if $(LLM),--llm $(LLM))
 LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve switch-offs clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,8 +65,8 @@ status: ## what is running and where its logs are
 env: ## print the exports that put our `dapr` on your PATH: eval "$(make -s env)"
 	@$(STACK) env
 
-workflows: ## list the running service's workflow runs
-	@$(VENV_PY) -m tools.runs.workflows list
+workflows: ## list the running service's workflow runs [APP=<app id>, e.g. APP=team-poet]
+	@$(VENV_PY) -m tools.runs.workflows $(if $(APP),--app-id "$(APP)") list
 
 history: ## one run's history: make history ID=<instance id> [APP=durable-agent-minimal]
 	@test -n "$(ID)" || { echo "usage: make history ID=<instance id>  (ids: make workflows)"; exit 2; }
@@ -80,6 +80,9 @@ crash-demo: setup ## watch a run survive a SIGKILL of its app mid LLM call (offl
 
 approval-demo: setup ## watch a refund wait for a human through a SIGKILL of app and sidecar, then run once (offline)
 	@$(VENV_PY) -m tools.runs.approval_demo
+
+team-demo: setup ## the assistant finds the Poet (examples/team) in the registry and delegates; SIGKILL of the Poet mid run (offline)
+	@$(VENV_PY) -m tools.runs.team_demo
 
 approve: ## answer a run of examples/approval waiting for a human: make approve ID=<instance> [DENY=1]; no ID: list them
 	@$(VENV_PY) -m tools.runs.approvals $(ID) $(if $(DENY),--deny)

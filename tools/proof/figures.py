@@ -402,6 +402,7 @@ def sample_problems(name: str, output: str, varies: Callable[[str], bool] = lamb
 HOW_DOCTOR = f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_docs_figures.py -k doctor"
 HOW_RUNS = f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_docs_figures.py -k 'workflows or crash'"
 HOW_APPROVALS = f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_approval.py -k 'demo or waiting'"
+HOW_TEAM = f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_team.py -k demo"
 PASSAGES = [
     Passage(ROOT / "docs" / "local-stack.md", "build: the Dapr runtime", render_build, HOW_BUILDS),
     Passage(ROOT / "docs" / "kubernetes.md", "build: the Kubernetes check", render_build, HOW_BUILDS),
@@ -415,6 +416,7 @@ PASSAGES = [
     Passage(ROOT / "docs" / "tools.md", "sample: runs waiting for approval", render_sample, HOW_APPROVALS),
     Passage(ROOT / "docs" / "tools.md", "sample: an approval under make serve-ha", render_sample,
             f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_approval_ha.py -s"),
+    Passage(ROOT / "docs" / "team.md", "sample: make team-demo", render_sample, HOW_TEAM),
 ]
 
 

@@ -49,6 +49,12 @@ NO_INPUT_GUARD = ("the service runs dapr-agents' own AgentRunner, without input_
 HA_CLAIM = ("runs as 3 replicas with 3 placement and 3 scheduler nodes; under load, survives a dead replica, "
             "placement leader or scheduler node and a frozen host")
 LOAD_CLAIM = "400 concurrent tasks, none lost, none twice; 40 runs wait on the LLM at once"
+TEAM_CLAIM = ("finds a second agent, in an app of its own, in the registry and hands it a task as a child workflow; "
+              "the answer comes back into its run")
+TEAM_KILL_CLAIM = ("the child run survives a SIGKILL of the other app and its sidecar: both runs complete, "
+                   "and only the LLM call the kill cut is made again")
+TEAM_REGISTRY = "examples/team/resources/team-registry.yaml"
+TEAM_FILES = ("examples/team/poet_agent.py", TEAM_REGISTRY, "tools/runs/team_app.py")
 APPROVAL_CLAIM = "a tool call waits for a human's approval; approved, it runs once and the answer uses its result"
 DASHBOARD_APPROVAL_CLAIM = "approve or deny from the dashboard, and through another replica than the one that asked"
 REFUND_AGENT = "examples/approval/refund_agent.py"
@@ -432,4 +438,43 @@ SWITCH_OFFS = [
               "the runtime is Dapr 1.18.2 without our patches (TDA_DAPR_PATCHES=none)", env=WITHOUT_RUNTIME_PATCHES,
               because=r"still not TERMINATED", covers=(*RUNTIME_CHOICE, "tests/runtime_fixes_terminate_app.py",
                                                       "scripts/patches/durabletask-go/c1b1fb8-terminate-mid-batch.patch")),
+    SwitchOff(TEAM_CLAIM,
+              "test_team.py::test_the_assistant_delegates_to_the_poet_it_finds_in_the_registry_and_answers_with_its_haiku",
+              "the Poet's registry store keeps Dapr's default key prefix, its own app id "
+              "(examples/team/resources/team-registry.yaml): it registers in a registry of its own",
+              (Edit(TEAM_REGISTRY, "    - name: keyPrefix\n      value: durable-agent-service\n", ""),),
+              because=r"the Poet is not in the service's registry", covers=TEAM_FILES),
+    SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_the_poet_killed_mid_child_run_both_runs_complete_after_its_restart",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"waiting for run \w+ to finish|not found", covers=TEAM_FILES),
+    SwitchOff(TEAM_KILL_CLAIM, "test_team.py::test_make_team_demo_prints_what_docs_team_md_shows",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in Redis",
+              (WORKFLOW_STATE_IN_MEMORY,), because=r"did not finish within|not found|no longer has the shape",
+              covers=(*TEAM_FILES, "tools/runs/team_demo.py")),
+    SwitchOff("leaves the registry on a clean shutdown, and a restarted assistant no longer offers it",
+              "test_team.py::test_a_clean_shutdown_takes_the_poet_out_of_the_registry_and_a_restarted_assistant_"
+              "stops_offering_it",
+              "the app is stopped with SIGTERM, which ends it before `runner.shutdown` (tools/stack/processes.py)",
+              (SIGTERM_INSTEAD_OF_SIGINT,), because=r"the Poet is still in the registry", covers=TEAM_FILES),
+    SwitchOff("the dashboard links a parent run to its child run in the other app, and the child back to its parent",
+              "test_team_dashboard.py::test_the_dashboard_links_a_parent_run_to_its_child_in_the_other_app_and_back",
+              "the dashboard reads no parent or child from a run's history (tools/runs/dashboard.py)",
+              (Edit("tools/runs/dashboard.py", '"family": family_from_events(events),',
+                    '"family": {"parent": None, "children": []},'),),
+              because=r"not enough values to unpack", covers=("tests/test_team.py", *TEAM_FILES)),
+    SwitchOff("a delegation the other app's workflow access policy refuses fails the run at once, with the reason "
+              "(without mTLS it refuses every caller)",
+              "test_team_policy.py::test_a_delegation_the_poets_access_policy_refuses_fails_the_parent_run_at_once_"
+              "with_the_reason",
+              "the policy is scoped to another app, so the Poet's sidecar does not load it "
+              "(examples/team/access-policy/poet-callers.yaml)",
+              (Edit("examples/team/access-policy/poet-callers.yaml", "scopes:\n  - team-poet\n",
+                    "scopes:\n  - another-app\n"),),
+              because=r"assert 'COMPLETED' == 'FAILED'", covers=("tests/test_team.py", *TEAM_FILES)),
+    SwitchOff("in secure mode, the other app's workflow access policy lets exactly the service start its runs",
+              "test_team_secure.py::test_in_secure_mode_the_poets_access_policy_lets_the_service_start_its_runs",
+              "the policy names another caller than the service (examples/team/access-policy/poet-callers.yaml)",
+              (Edit("examples/team/access-policy/poet-callers.yaml", "- appID: durable-agent-service\n",
+                    "- appID: another-app\n"),),
+              because=r"access denied by workflow access policy", covers=("tests/test_team.py", *TEAM_FILES)),
 ]

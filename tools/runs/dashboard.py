@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from tools.runs.workflows import (
     _metadata,
     _stub,
     agent_key,
+    family_from_events,
     list_runs,
     purge,
     run_row,
@@ -121,6 +123,8 @@ class Runs:
                 "conversation": self._conversation(f"{self.app_id}||{agent}:_workflow_{instance_id}"),
                 "memory": self._json(f"{self.app_id}||{agent}:_memory_{instance_id}") or [],
                 "trace": self.trace(instance_id),
+                # Its parent run and child runs, each in its app (a child of examples/team runs in another).
+                "family": family_from_events(events),
                 # A run of examples/approval waiting for a human: the tool, its arguments, the time left.
                 "approval": approval_awaited(instance_id, events) if row["status"] == "RUNNING" else None}
 
@@ -210,8 +214,22 @@ def timeline(events: list) -> list[dict]:
     return steps
 
 
+APP_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+
+
 def build_app(app_id: str = SERVICE_APP_ID) -> FastAPI:
-    runs = Runs(app_id)
+    shown = {app_id: Runs(app_id)}  # the app of `make dashboard APP=...`, then any app a run's family names
+
+    def runs_of(app: str) -> Runs:
+        """The runs of `app` (`?app=` of a request; empty: the dashboard's own app)."""
+        app = app or app_id
+        if not APP_ID_PATTERN.fullmatch(app):
+            raise Unavailable(f"{app!r} is not an app id")
+        if app not in shown:
+            shown[app] = Runs(app)
+        return shown[app]
+
+    runs = shown[app_id]
     app = FastAPI(title="tiny durable agent: workflow runs", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -241,25 +259,26 @@ def build_app(app_id: str = SERVICE_APP_ID) -> FastAPI:
         return runs.page(status.upper(), page, min(max(size, 1), PAGE_SIZE_MAX))
 
     @app.get("/api/runs/{instance_id}")
-    def one(instance_id: str):
-        found = runs.run(instance_id)
-        return found if found else JSONResponse({"error": f"no run {instance_id} of {app_id}"}, status_code=404)
+    def one(instance_id: str, app: str = ""):
+        found = runs_of(app).run(instance_id)
+        return found if found else JSONResponse({"error": f"no run {instance_id} of {app or app_id}"},
+                                                status_code=404)
 
     @app.post("/api/runs/{instance_id}/terminate")
-    def terminate(instance_id: str) -> dict:
-        return runs.terminate(instance_id)
+    def terminate(instance_id: str, app: str = "") -> dict:
+        return runs_of(app).terminate(instance_id)
 
     @app.post("/api/runs/{instance_id}/approve")
-    def approve(instance_id: str):
-        return runs.answer(instance_id, True)
+    def approve(instance_id: str, app: str = ""):
+        return runs_of(app).answer(instance_id, True)
 
     @app.post("/api/runs/{instance_id}/deny")
-    def deny(instance_id: str):
-        return runs.answer(instance_id, False)
+    def deny(instance_id: str, app: str = ""):
+        return runs_of(app).answer(instance_id, False)
 
     @app.post("/api/runs/{instance_id}/purge")
-    def purge(instance_id: str) -> dict:
-        return runs.purge(instance_id)
+    def purge(instance_id: str, app: str = "") -> dict:
+        return runs_of(app).purge(instance_id)
 
     return app
 

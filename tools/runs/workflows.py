@@ -198,6 +198,41 @@ def history(instance_id: str, grpc_port: int) -> list[dict]:
     return history_rows(list(response.events))
 
 
+def family(instance_id: str, grpc_port: int) -> dict:
+    """The run's parent and children across apps, from its history: {"parent": {"instance_id", "app_id"} or None,
+    "children": [{"instance_id", "workflow", "app_id"}]}. A child workflow started on another app (multi-app
+    workflows) names that app in its event's router; the child's start names its parent's run and app."""
+    response = read_again_if_half_written(lambda: _stub(grpc_port).GetInstanceHistory(
+        pb.GetInstanceHistoryRequest(instanceId=instance_id), metadata=_metadata(), timeout=10))
+    return family_from_events(list(response.events))
+
+
+def read_again_if_half_written(read, tries: int = 20):
+    """`read()`, tried again (bounded) while it meets a run's half-written state in Redis."""
+    for attempt in range(tries):
+        try:
+            return read()
+        except grpc.RpcError as exc:
+            if HALF_WRITTEN not in (exc.details() or "") or attempt == tries - 1:
+                raise
+        time.sleep(0.1)
+
+
+def family_from_events(events: list) -> dict:
+    parent, children = None, []
+    for event in events:
+        kind = event.WhichOneof("eventType")
+        if kind == "executionStarted" and event.executionStarted.HasField("parentInstance"):
+            info = event.executionStarted.parentInstance
+            parent = {"instance_id": info.workflowInstance.instanceId,
+                      "app_id": info.appID or event.router.sourceAppID}
+        elif kind == "childWorkflowInstanceCreated":
+            child = event.childWorkflowInstanceCreated
+            children.append({"instance_id": child.instanceId, "workflow": child.name,
+                             "app_id": event.router.targetAppID or event.router.sourceAppID})
+    return {"parent": parent, "children": children}
+
+
 def history_from_redis(app_id: str, instance_id: str) -> list[dict]:
     """The run's history events as plain rows, read from the workflow engine's keys in Redis."""
     import redis

@@ -44,6 +44,7 @@ class Call:
     authorization: str  # the Authorization header the component sent: "Bearer <key>"
     answered_status: int = 0
     answered_at: float = 0.0  # time.monotonic() when the answer left
+    tools: tuple[str, ...] = ()  # the names of the tools the request offered the model
 
 
 class Script:
@@ -330,6 +331,7 @@ class ScriptedLLM(Script):
                 messages=messages,
                 is_summary=first_user.startswith(SUMMARY_PROMPT_PREFIX),
                 authorization=request.headers.get("authorization", ""),
+                tools=tuple(str((t.get("function") or {}).get("name")) for t in body.get("tools") or []),
             )
             return await self._script_for(call)._serve(call, body, messages)
 
