@@ -39,6 +39,7 @@ serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler no
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
 	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests
 	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
+	@bash scripts/install-kube-image.sh   # buildah, podman, a base image, wheels: the service's container image (once)
 	@bash scripts/install-local-model.sh  # Ollama and SmolLM2-135M: tests/test_local_model.py (once)
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m pytest

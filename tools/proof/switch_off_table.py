@@ -56,6 +56,8 @@ LOCAL_MODEL_CLAIM = ("answers with a real model on this machine, offline and wit
                      "SmolLM2-135M served by Ollama), and stores its memory summary or says why not")
 LOCAL_MODEL_IS_ECHO = ("LLM=local reaches Dapr's echo component instead of the model (tools/stack/llm.py)",
                        (Edit("tools/stack/llm.py", 'extra, provider="openai-compatible")', 'extra, provider="echo")'),))
+KUBE_IMAGE_CLAIM = ("its container image builds from deploy/kubernetes/Dockerfile with a real OCI builder (buildah, "
+                    "base image made here) and the service in it completes a run")
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -397,4 +399,12 @@ SWITCH_OFFS = [
               (Edit("deploy/kubernetes/manifests/durable-agent-service.yaml", "containerPort: 8001",
                     "containerPrt: 8001"),),
               because=r"REJECTED"),
+    SwitchOff(KUBE_IMAGE_CLAIM,
+              "test_kube_image.py::test_the_image_built_by_buildah_starts_the_service_and_completes_a_run",
+              "the Dockerfile copies the two scripts and not input_guard.py, which the service imports",
+              (Edit("deploy/kubernetes/Dockerfile",
+                    "COPY durable_agent_service.py durable_agent_minimal.py input_guard.py ./",
+                    "COPY durable_agent_service.py durable_agent_minimal.py ./"),),
+              because=r"No module named 'input_guard'",
+              covers=("tools/proof/kube_image.py", "scripts/install-kube-image.sh")),
 ]
