@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the parts of a one-machine Kubernetes node that scripts/install-kube-check.sh does not:
-# kubelet, kube-controller-manager, kube-scheduler and kubectl from k8s.io/kubernetes (Go module
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy and kubectl from k8s.io/kubernetes (Go module
 # proxy, the same release as the check's kube-apiserver), and installs Debian's containerd (the
 # container runtime kubelet talks CRI to) and CNI plugins. docs/kubernetes.md says which of these
 # ran and which did not.
 #
 # The result lands in the per-machine cache, keyed by version:
-#   $TDA_HOME/kube-node-<kubernetes>/bin/{kubelet,kube-controller-manager,kube-scheduler,kubectl}
+#   $TDA_HOME/kube-node-<kubernetes>/bin/{kubelet,kube-controller-manager,kube-scheduler,kube-proxy,kubectl}
 #   $TDA_HOME/kube-node-<kubernetes>/.complete   (written last: the versions it was built for)
 # A build that is there and whole returns at once and prints nothing. Go's output goes to
 # $TDA_HOME/logs/build-kube-node-<kubernetes>.log, the timings to build-kube-node-<kubernetes>.times.json.
@@ -16,7 +16,8 @@ TAG=setup
 . "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
 
 PREFIX="$TDA_HOME/kube-node-$KUBERNETES_VERSION"
-STAMP="kubernetes=$KUBERNETES_VERSION"
+COMMANDS=(kubectl kube-scheduler kube-controller-manager kubelet kube-proxy)
+STAMP="kubernetes=$KUBERNETES_VERSION commands=${COMMANDS[*]}"
 LOG="$TDA_HOME/logs/build-kube-node-$KUBERNETES_VERSION.log"
 PACKAGES=(containerd containernetworking-plugins runc iptables)
 
@@ -75,7 +76,7 @@ build_node_binaries() {
     go mod edit -require "$module@$staging"
   done
   local v="k8s.io/component-base/version" command
-  for command in kubectl kube-scheduler kube-controller-manager kubelet; do
+  for command in "${COMMANDS[@]}"; do
     GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
       -X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) \
       -X $v.gitTreeState=clean" -o "$PREFIX/bin/$command" "./cmd/$command"
@@ -87,10 +88,10 @@ start_record "$LOG"
 started=$SECONDS
 rm -f "$PREFIX/.complete"
 mkdir -p "$PREFIX/bin" "$(dirname "$LOG")" && : > "$LOG"
-say "kubernetes node: Debian's ${PACKAGES[*]}, and kubelet, kube-controller-manager, kube-scheduler and kubectl $KUBERNETES_VERSION built once per machine (minutes); log: $LOG"
+say "kubernetes node: Debian's ${PACKAGES[*]}, and ${COMMANDS[*]} $KUBERNETES_VERSION built once per machine (minutes); log: $LOG"
 timed "kubernetes node: Debian's ${PACKAGES[*]}" install_packages
-timed "kubernetes node: building kubectl, kube-scheduler, kube-controller-manager, kubelet $KUBERNETES_VERSION" build_node_binaries
+timed "kubernetes node: building ${COMMANDS[*]} $KUBERNETES_VERSION" build_node_binaries
 rmdir "$src" 2>/dev/null || true
-write_record "kubelet, kube-controller-manager, kube-scheduler, kubectl $KUBERNETES_VERSION" "$((SECONDS - started))"
+write_record "${COMMANDS[*]} $KUBERNETES_VERSION" "$((SECONDS - started))"
 echo "$STAMP" > "$PREFIX/.complete"
 say "kubernetes node: ready in $PREFIX ($((SECONDS - started)) s in all)"

@@ -1,7 +1,7 @@
 """A real Kubernetes node on this machine (`make kube-up`, tools/kube/node.py) runs the service's image.
 
-The node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet of Kubernetes
-1.34.4 built from the Go module proxy, Debian's containerd, runc and CNI plugins, a pause image made
+The node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and kubelet of
+Kubernetes 1.34.4 built from the Go module proxy, Debian's containerd, runc and CNI plugins, a pause image made
 here, all in a network namespace of their own. The image of deploy/kubernetes/Dockerfile
 (tests/test_kube_image.py builds it) reaches containerd by `ctr images import`, never by a pull, and a
 Pod of it is scheduled, given an address on the pods' bridge, and run by kubelet. No Dapr on the node
@@ -58,28 +58,80 @@ def test_make_kube_up_starts_a_node_that_reports_ready_on_kubernetes_1_34(runnin
     assert ready[0]["status"] == "True", ready
 
 
-def test_a_pod_of_the_service_image_imported_not_pulled_runs_on_the_node(running_node):
+@pytest.fixture(scope="module")
+def imported_image(running_node) -> str:
+    """The service's image (tests/test_kube_image.py builds the same), imported into the node's containerd."""
     image, _ = kube_image.build(ROOT)
     node.import_image(image)
+    return image
+
+
+def apply(obj: dict) -> None:
+    result = subprocess.run(node.in_netns([str(node.NODE_BIN / "kubectl"), "--kubeconfig",
+                                           str(node.STATE / "admin.kubeconfig"), "apply", "-f", "-"]),
+                            input=json.dumps(obj), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def pod_of(name: str, image: str, command: list[str], labels: dict | None = None, **spec) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"containers": [{"name": "app", "image": image, "imagePullPolicy": "Never", "command": command,
+                                     **spec}], "restartPolicy": "Never"}}
+
+
+def finished(name: str) -> dict | None:
+    status = json.loads(kubectl("get", "pod", name, "-o", "json"))["status"]
+    waiting = [c["state"]["waiting"].get("reason") for c in status.get("containerStatuses", [])
+               if "waiting" in c["state"]]
+    # ErrImageNeverPull: the image is not in containerd, and the pod would wait forever.
+    return status if status.get("phase") in ("Succeeded", "Failed") or "ErrImageNeverPull" in waiting else None
+
+
+def test_a_pod_of_the_service_image_imported_not_pulled_runs_on_the_node(imported_image):
+    image = imported_image
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "image-check"},
            "spec": {"restartPolicy": "Never", "containers": [{
                "name": "app", "image": image, "imagePullPolicy": "Never",
                "command": ["python", "-c", "import os, sys, input_guard, dapr_agents; "
                                            "print('python', *sys.version_info[:2], 'uid', os.getuid())"]}]}}
-    result = subprocess.run(node.in_netns([str(node.NODE_BIN / "kubectl"), "--kubeconfig",
-                                           str(node.STATE / "admin.kubeconfig"), "apply", "-f", "-"]),
-                            input=json.dumps(pod), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    apply(pod)
 
-    def finished() -> dict | None:
-        status = json.loads(kubectl("get", "pod", "image-check", "-o", "json"))["status"]
-        waiting = [c["state"]["waiting"].get("reason") for c in status.get("containerStatuses", [])
-                   if "waiting" in c["state"]]
-        # ErrImageNeverPull: the image is not in containerd, and the pod would wait forever.
-        return status if status.get("phase") in ("Succeeded", "Failed") or "ErrImageNeverPull" in waiting else None
-
-    status = wait_for(finished, "the pod to finish", timeout_s=300)
+    status = wait_for(lambda: finished("image-check"), "the pod to finish", timeout_s=300)
     logs = kubectl("logs", "image-check")
     assert status["phase"] == "Succeeded", (status, logs)
     assert logs.strip() == "python 3 11 uid 10001"
     assert status["podIP"].startswith(node.POD_CIDR.split(".0.0/")[0] + ".")
+
+
+# A client in a pod: the web pod's page through its Service's cluster address, then the apiserver's
+# version through the `kubernetes` Service, with the pod's service-account token and CA, as Dapr's
+# operator and injector will reach it.
+CLIENT = """
+import json, os, ssl, sys, urllib.request
+page = urllib.request.urlopen(f"http://{sys.argv[1]}/", timeout=10).read()
+print("web", b"durable_agent_service.py" in page)
+secrets = "/var/run/secrets/kubernetes.io/serviceaccount"
+context = ssl.create_default_context(cafile=f"{secrets}/ca.crt")
+request = urllib.request.Request(
+    f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/version",
+    headers={"Authorization": "Bearer " + open(f"{secrets}/token").read()})
+print("apiserver", json.load(urllib.request.urlopen(request, context=context, timeout=10))["gitVersion"])
+"""
+
+
+def test_a_pod_reaches_another_pod_and_the_apiserver_through_their_services_cluster_addresses(imported_image):
+    apply(pod_of("web", imported_image, ["python", "-m", "http.server", "8080"], labels={"app": "web"},
+                 readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1}))
+    apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    wait_for(lambda: kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o",
+                             "jsonpath={.items[*].endpoints[*].addresses[*]}").strip(),
+             "the web pod ready behind its Service", timeout_s=300)
+    address = kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}").strip()
+    assert address.startswith(node.SERVICE_CIDR.rsplit(".", 1)[0] + ".")
+
+    apply(pod_of("client", imported_image, ["python", "-c", CLIENT, f"{address}:80"]))
+    status = wait_for(lambda: finished("client"), "the client pod to finish", timeout_s=300)
+    logs = kubectl("logs", "client")
+    assert status["phase"] == "Succeeded", (status, logs)
+    assert logs.split() == ["web", "True", "apiserver", f"v{node.VERSION}"]

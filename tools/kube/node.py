@@ -1,7 +1,7 @@
 """A real one-machine Kubernetes node: `make kube-up` starts it, `make kube-down` stops it.
 
 The parts: etcd and kube-apiserver (scripts/install-kube-check.sh), kube-controller-manager,
-kube-scheduler, kubelet and kubectl (scripts/install-kube-node.sh, all from k8s.io/kubernetes of the
+kube-scheduler, kube-proxy, kubelet and kubectl (scripts/install-kube-node.sh, all from k8s.io/kubernetes of the
 pinned release), Debian's containerd, runc and CNI plugins (bridge, host-local, loopback, portmap),
 and a pause image made here from deploy/kubernetes/node/pause.c. Nothing is pulled: images reach
 containerd by `ctr images import` from OCI archives that buildah writes.
@@ -46,7 +46,7 @@ APISERVER_PORT = int(FACTS["KUBE_NODE_APISERVER_PORT"])
 PAUSE_IMAGE = "localhost/tda-pause:1"
 STATE = STATE_DIR / "kube"
 PIDS = STATE / "pids"
-ORDER = ["etcd", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"]
+ORDER = ["etcd", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"]
 START_TIMEOUT_S = 180.0
 
 
@@ -81,25 +81,35 @@ def start(name: str, argv: list[str]) -> psutil.Process:
     return process
 
 
+def gone(process: psutil.Process) -> bool:
+    """Ended. A zombie counts as ended: `make kube-up` exits after starting the node, so its processes belong
+    to whoever adopts them, which may not reap them (a test's PID namespace: its pytest)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def recorded(name: str) -> psutil.Process | None:
     try:
         pid, created = (PIDS / f"{name}.pid").read_text().split()
         process = psutil.Process(int(pid))
-        return process if abs(process.create_time() - float(created)) < 0.01 and process.is_running() else None
+        return process if abs(process.create_time() - float(created)) < 0.01 and not gone(process) else None
     except (OSError, ValueError, psutil.Error):
         return None
 
 
 def stop_process(name: str, timeout_s: float = 20) -> None:
+    """SIGTERM to the process group recorded as `name`, SIGKILL after `timeout_s`; polls, with a deadline."""
     process = recorded(name)
-    if process is not None:
-        with contextlib.suppress(psutil.Error):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except psutil.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+    for sig, deadline_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        if process is None or gone(process):
+            break
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, sig)
+        deadline = time.monotonic() + deadline_s
+        while not gone(process) and time.monotonic() < deadline:
+            time.sleep(0.1)
     (PIDS / f"{name}.pid").unlink(missing_ok=True)
 
 
@@ -107,7 +117,7 @@ def wait_until(check, what: str, process: psutil.Process | None = None, log: Pat
                timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
-        if process is not None and not process.is_running() or (process and process.status() == psutil.STATUS_ZOMBIE):
+        if process is not None and gone(process):
             raise NodeError(f"{what}: the process exited early; the end of {log}:\n{tail(log)}" if log else what)
         if time.monotonic() > deadline:
             raise NodeError(f"{what}: not ready after {timeout_s:.0f} s; the end of {log}:\n{tail(log)}")
@@ -188,6 +198,19 @@ def kubelet_config() -> str:
         "rotateCertificates": False, "serverTLSBootstrap": False}, indent=1)
 
 
+def kube_proxy_config() -> str:
+    return json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(STATE / "admin.kubeconfig")}, "mode": "iptables",
+        "clusterCIDR": POD_CIDR, "hostnameOverride": NODE_NAME,
+        "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        # Leave the kernel's conntrack settings as they are (changing them wants rights we lack).
+        "conntrack": {"maxPerCore": 0, "min": 0},
+        # Every connection to a cluster address is masqueraded: the pods share one bridge, and without
+        # br_netfilter the reply of a pod on it would skip the translation back.
+        "iptables": {"masqueradeAll": True}}, indent=1)
+
+
 def write_files(token: str) -> None:
     for folder in ("certs", "cni/net.d", "cni/ipam", "containerd", "kubelet", "etcd"):
         (STATE / folder).mkdir(parents=True, exist_ok=True)
@@ -199,6 +222,7 @@ def write_files(token: str) -> None:
     (STATE / "containerd.toml").write_text(containerd_config())
     (STATE / "cni" / "net.d" / "10-tda-pods.conflist").write_text(cni_config())
     (STATE / "kubelet.yaml").write_text(kubelet_config())
+    (STATE / "kube-proxy.yaml").write_text(kube_proxy_config())
     (STATE / "resolv.conf").write_text("nameserver 127.0.0.1\n")  # no DNS beyond the node yet
 
 
@@ -274,9 +298,10 @@ def node_ready() -> bool:
 
 def missing_parts() -> list[str]:
     wanted = [CHECK_BIN / "etcd", CHECK_BIN / "kube-apiserver", *(NODE_BIN / name for name in (
-        "kubelet", "kube-controller-manager", "kube-scheduler", "kubectl")), CNI_BIN / "bridge",
+        "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")), CNI_BIN / "bridge",
         CNI_BIN / "host-local", CNI_BIN / "loopback", CNI_BIN / "portmap"]
-    tools = [tool for tool in ("containerd", "runc", "ctr", "buildah", "nsenter", "ip", "gcc", "openssl", "curl")
+    tools = [tool for tool in ("containerd", "runc", "ctr", "buildah", "nsenter", "ip", "gcc", "openssl", "curl",
+                               "iptables")
              if shutil.which(tool) is None]
     return [str(path) for path in wanted if not path.exists()] + tools
 
@@ -325,6 +350,9 @@ def up() -> None:
         str(NODE_BIN / "kube-scheduler"), "--kubeconfig", kubeconfig_path,
         "--authentication-kubeconfig", kubeconfig_path, "--authorization-kubeconfig", kubeconfig_path,
         "--leader-elect=false", "--bind-address", "127.0.0.1", "--profiling=false"])
+    proxy = start("kube-proxy", [str(NODE_BIN / "kube-proxy"), "--config", str(STATE / "kube-proxy.yaml")])
+    wait_until(lambda: run(["curl", "-sf", "--max-time", "2", "http://127.0.0.1:10256/livez"]).returncode == 0,
+               "kube-proxy", proxy, log_of("kube-proxy"))
     wait_until(lambda: run(ctr("version")).returncode == 0, "containerd", containerd, log_of("containerd"))
     build_pause_image()
     copy_into_containerd(PAUSE_IMAGE)
