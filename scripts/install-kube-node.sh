@@ -6,7 +6,7 @@
 # ran and which did not.
 #
 # The result lands in the per-machine cache, keyed by version:
-#   $TDA_HOME/kube-node-<kubernetes>/bin/{kubelet,kube-controller-manager,kube-scheduler,kube-proxy,kubectl}
+#   $TDA_HOME/kube-node-<kubernetes>/bin/{kubelet,kube-controller-manager,kube-scheduler,kube-proxy,kubectl,coredns}
 #   $TDA_HOME/kube-node-<kubernetes>/.complete   (written last: the versions it was built for)
 # A build that is there and whole returns at once and prints nothing. Go's output goes to
 # $TDA_HOME/logs/build-kube-node-<kubernetes>.log, the timings to build-kube-node-<kubernetes>.times.json.
@@ -17,7 +17,7 @@ TAG=setup
 
 PREFIX="$TDA_HOME/kube-node-$KUBERNETES_VERSION"
 COMMANDS=(kubectl kube-scheduler kube-controller-manager kubelet kube-proxy)
-STAMP="kubernetes=$KUBERNETES_VERSION commands=${COMMANDS[*]}"
+STAMP="kubernetes=$KUBERNETES_VERSION commands=${COMMANDS[*]} coredns=$COREDNS_VERSION"
 LOG="$TDA_HOME/logs/build-kube-node-$KUBERNETES_VERSION.log"
 PACKAGES=(containerd containernetworking-plugins runc iptables)
 
@@ -84,6 +84,15 @@ build_node_binaries() {
   cd / && rm -rf "$src/kubernetes"
 }
 
+# CoreDNS, the cluster's DNS (Services' names): its main package, from a module that requires it.
+build_coredns() {
+  rm -rf "$src/coredns" && mkdir -p "$src/coredns" && cd "$src/coredns"
+  go mod init tiny-durable-agent/coredns
+  go mod edit -require "github.com/coredns/coredns@v$COREDNS_VERSION"
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$PREFIX/bin/coredns" github.com/coredns/coredns
+  cd / && rm -rf "$src/coredns"
+}
+
 start_record "$LOG"
 started=$SECONDS
 rm -f "$PREFIX/.complete"
@@ -91,7 +100,8 @@ mkdir -p "$PREFIX/bin" "$(dirname "$LOG")" && : > "$LOG"
 say "kubernetes node: Debian's ${PACKAGES[*]}, and ${COMMANDS[*]} $KUBERNETES_VERSION built once per machine (minutes); log: $LOG"
 timed "kubernetes node: Debian's ${PACKAGES[*]}" install_packages
 timed "kubernetes node: building ${COMMANDS[*]} $KUBERNETES_VERSION" build_node_binaries
+timed "kubernetes node: building coredns $COREDNS_VERSION" build_coredns
 rmdir "$src" 2>/dev/null || true
-write_record "${COMMANDS[*]} $KUBERNETES_VERSION" "$((SECONDS - started))"
+write_record "${COMMANDS[*]} $KUBERNETES_VERSION, coredns $COREDNS_VERSION" "$((SECONDS - started))"
 echo "$STAMP" > "$PREFIX/.complete"
 say "kubernetes node: ready in $PREFIX ($((SECONDS - started)) s in all)"

@@ -103,13 +103,14 @@ def test_a_pod_of_the_service_image_imported_not_pulled_runs_on_the_node(importe
     assert status["podIP"].startswith(node.POD_CIDR.split(".0.0/")[0] + ".")
 
 
-# A client in a pod: the web pod's page through its Service's cluster address, then the apiserver's
-# version through the `kubernetes` Service, with the pod's service-account token and CA, as Dapr's
-# operator and injector will reach it.
+# A client in a pod: the web pod's page through its Service's cluster address, its full name and its short
+# name (CoreDNS, and the search path kubelet writes), then the apiserver's version through the `kubernetes`
+# Service, with the pod's service-account token and CA, as Dapr's operator and injector will reach it.
 CLIENT = """
 import json, os, ssl, sys, urllib.request
-page = urllib.request.urlopen(f"http://{sys.argv[1]}/", timeout=10).read()
-print("web", b"durable_agent_service.py" in page)
+for url in (f"http://{sys.argv[1]}/", "http://web.default.svc.cluster.local/", "http://web/"):
+    page = urllib.request.urlopen(url, timeout=10).read()
+    print("web", b"durable_agent_service.py" in page)
 secrets = "/var/run/secrets/kubernetes.io/serviceaccount"
 context = ssl.create_default_context(cafile=f"{secrets}/ca.crt")
 request = urllib.request.Request(
@@ -119,7 +120,7 @@ print("apiserver", json.load(urllib.request.urlopen(request, context=context, ti
 """
 
 
-def test_a_pod_reaches_another_pod_and_the_apiserver_through_their_services_cluster_addresses(imported_image):
+def test_a_pod_reaches_another_pod_and_the_apiserver_through_their_services_addresses_and_names(imported_image):
     apply(pod_of("web", imported_image, ["python", "-m", "http.server", "8080"], labels={"app": "web"},
                  readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1}))
     apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
@@ -134,4 +135,4 @@ def test_a_pod_reaches_another_pod_and_the_apiserver_through_their_services_clus
     status = wait_for(lambda: finished("client"), "the client pod to finish", timeout_s=300)
     logs = kubectl("logs", "client")
     assert status["phase"] == "Succeeded", (status, logs)
-    assert logs.split() == ["web", "True", "apiserver", f"v{node.VERSION}"]
+    assert logs.split() == ["web", "True"] * 3 + ["apiserver", f"v{node.VERSION}"]

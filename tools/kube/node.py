@@ -44,6 +44,8 @@ POD_CIDR = FACTS["KUBE_NODE_POD_CIDR"]
 SERVICE_CIDR = FACTS["KUBE_NODE_SERVICE_CIDR"]
 APISERVER_PORT = int(FACTS["KUBE_NODE_APISERVER_PORT"])
 PAUSE_IMAGE = "localhost/tda-pause:1"
+COREDNS_IMAGE = f"localhost/tda-coredns:{FACTS['COREDNS_VERSION']}"
+CLUSTER_DNS = SERVICE_CIDR.rsplit(".", 1)[0] + ".10"
 STATE = STATE_DIR / "kube"
 PIDS = STATE / "pids"
 ORDER = ["etcd", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"]
@@ -181,7 +183,6 @@ def cni_config() -> str:
 
 
 def kubelet_config() -> str:
-    dns = SERVICE_CIDR.rsplit(".", 1)[0] + ".10"
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "cgroupDriver": "cgroupfs", "failSwapOn": False, "failCgroupV1": False,
@@ -190,7 +191,7 @@ def kubelet_config() -> str:
         "authorization": {"mode": "AlwaysAllow"},
         "address": NODE_IP, "port": 10250, "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-        "clusterDomain": "cluster.local", "clusterDNS": [dns], "resolvConf": str(STATE / "resolv.conf"),
+        "clusterDomain": "cluster.local", "clusterDNS": [CLUSTER_DNS], "resolvConf": str(STATE / "resolv.conf"),
         "cgroupsPerQOS": True, "enforceNodeAllocatable": [], "localStorageCapacityIsolation": False,
         "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -268,17 +269,41 @@ def copy_into_containerd(name: str) -> None:
 
 def build_pause_image() -> None:
     """The pause image: one static binary from deploy/kubernetes/node/pause.c, and nothing else."""
+    binary = STATE / "build" / "pause"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(ROOT / "deploy/kubernetes/node/pause.c")],
+                   check=True, capture_output=True)
+    build_binary_image(PAUSE_IMAGE, binary, "65535:65535")
+
+
+def build_binary_image(name: str, binary: Path, user: str) -> None:
+    """An image `FROM scratch` that holds one static binary and runs it: the pause and CoreDNS images."""
     from tools.proof import kube_image
 
-    work = STATE / "pause"
+    work = STATE / "images" / binary.name
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(work / "pause"),
-                    str(ROOT / "deploy/kubernetes/node/pause.c")], check=True, capture_output=True)
-    (work / "Containerfile").write_text('FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n')
+    shutil.copy2(binary, work / binary.name)
+    (work / "Containerfile").write_text(f'FROM scratch\nCOPY {binary.name} /{binary.name}\nUSER {user}\n'
+                                        f'ENTRYPOINT ["/{binary.name}"]\n')
     result = run(kube_image.buildah("bud", "--layers", "--pull=never", "--network=none", *kube_image.RUNTIME_FLAGS,
-                                    "-f", str(work / "Containerfile"), "-t", PAUSE_IMAGE, str(work)), netns=False)
+                                    "-f", str(work / "Containerfile"), "-t", name, str(work)), netns=False)
     if result.returncode != 0:
-        raise NodeError(f"buildah could not build the pause image: {result.stderr.strip()[-800:]}")
+        raise NodeError(f"buildah could not build {name}: {result.stderr.strip()[-800:]}")
+
+
+def deploy_dns() -> None:
+    """CoreDNS as the cluster's DNS, from deploy/kubernetes/node/coredns.yaml, with its image made here."""
+    build_binary_image(COREDNS_IMAGE, NODE_BIN / "coredns", "0:0")
+    copy_into_containerd(COREDNS_IMAGE)
+    manifest = (ROOT / "deploy/kubernetes/node/coredns.yaml").read_text()
+    manifest = manifest.replace("image: IMAGE", f"image: {COREDNS_IMAGE}").replace("CLUSTER_DNS", CLUSTER_DNS)
+    result = subprocess.run(in_netns([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"),
+                                      "apply", "-f", "-"]), input=manifest, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise NodeError(f"kubectl apply of the DNS: {result.stderr.strip()}")
+    status = kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
+    if status.returncode != 0:
+        raise NodeError(f"CoreDNS did not become ready: {status.stdout.strip()} {status.stderr.strip()}")
 
 
 # --- up and down ----------------------------------------------------------------------------
@@ -298,7 +323,8 @@ def node_ready() -> bool:
 
 def missing_parts() -> list[str]:
     wanted = [CHECK_BIN / "etcd", CHECK_BIN / "kube-apiserver", *(NODE_BIN / name for name in (
-        "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")), CNI_BIN / "bridge",
+        "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "coredns")),
+        CNI_BIN / "bridge",
         CNI_BIN / "host-local", CNI_BIN / "loopback", CNI_BIN / "portmap"]
     tools = [tool for tool in ("containerd", "runc", "ctr", "buildah", "nsenter", "ip", "gcc", "openssl", "curl",
                                "iptables")
@@ -314,6 +340,10 @@ def up() -> None:
     if any(recorded(name) for name in ORDER):
         raise NodeError("the node is already running (make kube-down stops it)")
     STATE.mkdir(parents=True, exist_ok=True)
+    # A fresh cluster each time: no objects, pods or addresses of an earlier one (a Service's endpoints
+    # would name dead pods for a while). Only containerd's images are kept, so imports are not redone.
+    for folder in ("etcd", "kubelet", "cni/ipam"):
+        shutil.rmtree(STATE / folder, ignore_errors=True)
     token = secrets.token_hex(16)
     write_files(token)
     make_netns()
@@ -361,6 +391,7 @@ def up() -> None:
         "--hostname-override", NODE_NAME, "--node-ip", NODE_IP, "--root-dir", str(STATE / "kubelet"),
         "--cert-dir", str(STATE / "kubelet" / "pki")])
     wait_until(node_ready, f"node {NODE_NAME} Ready", kubelet, log_of("kubelet"))
+    deploy_dns()
 
 
 def down() -> None:

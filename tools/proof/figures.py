@@ -287,8 +287,8 @@ BUILDS = {
     "build: the Kubernetes check": (f"kube-apiserver {_PINS['KUBERNETES_VERSION']}, etcd {_PINS['ETCD_VERSION']} "
                                     f"and helm {_PINS['HELM_VERSION']}"),
     "build: the service's container image": "the service's container image",
-    "build: the Kubernetes node": f"kubectl kube-scheduler kube-controller-manager kubelet kube-proxy "
-                                  f"{_PINS['KUBERNETES_VERSION']}",
+    "build: the Kubernetes node": (f"kubectl kube-scheduler kube-controller-manager kubelet kube-proxy "
+                                   f"{_PINS['KUBERNETES_VERSION']}, coredns {_PINS['COREDNS_VERSION']}"),
 }
 BUILD_LOGS = {"build: the Dapr runtime": f"build-dapr-{_PINS['DAPR_RUNTIME_VERSION']}-slim",
               "build: the Kubernetes check": f"build-kube-check-{_PINS['KUBERNETES_VERSION']}",
