@@ -19,7 +19,7 @@ PREFIX="$TDA_HOME/kube-node-$KUBERNETES_VERSION"
 COMMANDS=(kubectl kube-scheduler kube-controller-manager kubelet kube-proxy)
 STAMP="kubernetes=$KUBERNETES_VERSION commands=${COMMANDS[*]} coredns=$COREDNS_VERSION"
 LOG="$TDA_HOME/logs/build-kube-node-$KUBERNETES_VERSION.log"
-PACKAGES=(containerd containernetworking-plugins runc iptables)
+PACKAGES=(containerd containernetworking-plugins runc iptables gcc libc6-dev)  # gcc, libc6-dev: the static pause binary
 
 missing_packages() {
   local package

@@ -271,8 +271,10 @@ def build_pause_image() -> None:
     """The pause image: one static binary from deploy/kubernetes/node/pause.c, and nothing else."""
     binary = STATE / "build" / "pause"
     binary.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(ROOT / "deploy/kubernetes/node/pause.c")],
-                   check=True, capture_output=True)
+    result = run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(ROOT / "deploy/kubernetes/node/pause.c")],
+                 netns=False)
+    if result.returncode != 0:  # no static C library: Debian's libc6-dev has it (scripts/install-kube-node.sh)
+        raise NodeError(f"gcc could not build the pause binary statically: {result.stderr.strip()[-600:]}")
     build_binary_image(PAUSE_IMAGE, binary, "65535:65535")
 
 
