@@ -396,9 +396,24 @@ def up() -> None:
     deploy_dns()
 
 
+def pod_network_namespaces() -> set[str]:
+    """The network namespaces containerd made for the node's pods (/run/netns/cni-…), from its containers' specs."""
+    found = set()
+    for container in run(ctr("containers", "ls", "-q")).stdout.split():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            spec = json.loads(run(ctr("containers", "info", container)).stdout)["Spec"]
+            found |= {ns["path"] for ns in spec["linux"]["namespaces"] if ns["type"] == "network" and ns.get("path")}
+    return found
+
+
 def down() -> None:
     if recorded("kube-apiserver") and recorded("kubelet"):
+        # The controllers first, or they replace the pods deleted next; kubelet then stops each pod's
+        # sandbox through containerd, which removes its network namespace.
+        kubectl("delete", "deployments,replicasets,statefulsets,daemonsets,jobs", "--all", "--all-namespaces",
+                "--wait=true", "--timeout=60s", timeout=90)
         kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=true", "--timeout=60s", timeout=90)
+    pod_netns = pod_network_namespaces() if recorded("containerd") else set()
     stop_process("kubelet")
     if recorded("containerd"):  # what the pods left: their tasks, then the shims that held them
         for container in run(ctr("tasks", "ls", "-q")).stdout.split():
@@ -415,6 +430,10 @@ def down() -> None:
         mount_point = line.split()[1]
         if mount_point.startswith(str(STATE)) or "/run/containerd/io.containerd.grpc.v1.cri" in mount_point:
             subprocess.run(["umount", "-l", mount_point], capture_output=True)
+    for path in sorted(pod_netns):  # those of pods that kubelet did not stop
+        if Path(path).exists():
+            subprocess.run(["umount", "-l", path], capture_output=True)
+            Path(path).unlink(missing_ok=True)
     if Path(f"/run/netns/{NETNS}").exists():
         subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True)
 
