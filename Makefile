@@ -13,7 +13,7 @@ LLM_FLAG := $(if $(LLM),--llm $(LLM))
 LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo switch-offs clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo kube-up kube-down switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,8 @@ serve-ha: setup ## the service as 3 replicas with 3 placement and 3 scheduler no
 test: setup ## lint (ruff), then the end-to-end test suite against a real local Dapr stack
 	@bash scripts/install-browser.sh      # Debian's Chromium, for the dashboard tests
 	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
+	@bash scripts/install-kube-image.sh   # buildah, podman, a base image, wheels: the service's container image (once)
+	@bash scripts/install-kube-node.sh    # kubelet, controller-manager, scheduler, kubectl; containerd: the node (once)
 	@bash scripts/install-local-model.sh  # Ollama and SmolLM2-135M: tests/test_local_model.py (once)
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m tools.proof.suite   # the test modules in groups side by side (tools/proof/suite.py)
@@ -86,6 +88,15 @@ team-demo: setup ## the assistant finds the Poet (examples/team) in the registry
 
 approve: ## answer a run of examples/approval waiting for a human: make approve ID=<instance> [DENY=1]; no ID: list them
 	@$(VENV_PY) -m tools.runs.approvals $(ID) $(if $(DENY),--deny)
+
+kube-up: setup ## a real one-machine Kubernetes node in a network namespace of its own (builds its parts once; docs/kubernetes.md)
+	@bash scripts/install-kube-check.sh
+	@bash scripts/install-kube-node.sh
+	@bash scripts/install-kube-image.sh
+	@$(VENV_PY) -m tools.kube.node up
+
+kube-down: ## stop the node of make kube-up, its pods and its network namespace
+	@$(VENV_PY) -m tools.kube.node down
 
 switch-offs: setup ## switch each claim off in a throw-away copy; its test must fail (long) [ONLY="test_a test_b": those rows]
 	@$(VENV_PY) -m tools.proof.switch_offs $(if $(ONLY),--only $(ONLY) --merge)

@@ -70,6 +70,10 @@ TERMINATE_CLAIM = "Dapr 1.18.3's fix carried: a terminate sent while a run works
 # The runtime built without our patches (scripts/patches/README.md): `TDA_DAPR_PATCHES=none make setup` builds it.
 WITHOUT_RUNTIME_PATCHES = {"TDA_DAPR_PATCHES": "none"}
 RUNTIME_CHOICE = ("tools/stack/runtime.py", "tools/stack/settings.py", "scripts/install-dapr.sh")
+KUBE_IMAGE_CLAIM = ("its container image builds from deploy/kubernetes/Dockerfile with a real OCI builder (buildah, "
+                    "base image made here) and the service in it completes a run")
+KUBE_NODE_CLAIM = ("runs its image on a real one-machine Kubernetes node (`make kube-up`: kubelet, containerd, "
+                   "the control plane, in a network namespace of its own), imported, never pulled")
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -477,4 +481,19 @@ SWITCH_OFFS = [
               (Edit("examples/team/access-policy/poet-callers.yaml", "- appID: durable-agent-service\n",
                     "- appID: another-app\n"),),
               because=r"access denied by workflow access policy", covers=("tests/test_team.py", *TEAM_FILES)),
+    SwitchOff(KUBE_IMAGE_CLAIM,
+              "test_kube_image.py::test_the_image_built_by_buildah_starts_the_service_and_completes_a_run",
+              "the Dockerfile copies the two scripts and not input_guard.py, which the service imports",
+              (Edit("deploy/kubernetes/Dockerfile",
+                    "COPY durable_agent_service.py durable_agent_minimal.py input_guard.py ./",
+                    "COPY durable_agent_service.py durable_agent_minimal.py ./"),),
+              because=r"No module named 'input_guard'",
+              covers=("tools/proof/kube_image.py", "scripts/install-kube-image.sh")),
+    SwitchOff(KUBE_NODE_CLAIM,
+              "test_kube_node.py::test_a_pod_of_the_service_image_imported_not_pulled_runs_on_the_node",
+              "the service's image is not imported into the node's containerd (nothing can be pulled)",
+              (Edit("tools/kube/node.py", "    copy_into_containerd(name)\n\n\ndef copy_into_containerd",
+                    "    return\n\n\ndef copy_into_containerd"),),
+              because=r"ErrImageNeverPull",
+              covers=("tools/proof/kube_image.py", "scripts/install-kube-node.sh", "Makefile")),
 ]
