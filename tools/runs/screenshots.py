@@ -2,6 +2,7 @@
 
     python -m tools.runs.screenshots            # part of `make images`: every picture below
     python -m tools.runs.screenshots approval   # only images/dashboard-approval.png
+    python -m tools.runs.screenshots team       # only images/dashboard-team.png
 
 Starts the stack with Zipkin and the service answering from the scripted LLM,
 makes one run through `POST /run`, then
@@ -12,7 +13,11 @@ makes one run through `POST /run`, then
 - opens the run's page in `make dashboard` and saves images/dashboard-run.png;
 - then runs examples/approval/refund_agent.py the same way (the scripted LLM calls its refund tool),
   opens the page of its run waiting for approval in `make dashboard APP=refund-agent` and saves
-  images/dashboard-approval.png (the run is denied afterwards, so that it ends).
+  images/dashboard-approval.png (the run is denied afterwards, so that it ends);
+- then runs the service beside examples/team/poet_agent.py (the scripted LLM makes the assistant call
+  the tool `Poet`, and the Poet answer with a haiku), waits for the assistant's run to complete, opens its
+  page in `make dashboard` and saves images/dashboard-team.png: the parent run with its child run, each
+  with the app it ran in.
 Everything it starts, it stops.
 """
 
@@ -34,7 +39,9 @@ from tools.stack.settings import (
     DASHBOARD_URL,
     LOG_DIR,
     ROOT,
+    SERVICE_APP_ID,
     SERVICE_URL,
+    TEAM_APP_ID,
     ZIPKIN_PORT,
 )
 
@@ -144,6 +151,60 @@ def approval_screenshot() -> str:
     return instance_id
 
 
+TEAM_TASK = "Ask the Poet for a haiku about durable workflows."
+TEAM_POET_TASK = "Write a haiku about durable workflows."
+TEAM_HAIKU = "One run asks another;\nthe child answers in its app,\nthe parent goes on."
+
+
+def team_screenshot() -> str:
+    """images/dashboard-team.png: the dashboard's page of an assistant's run that delegated to the Poet,
+    with its child run in the Poet's app; returns the parent run."""
+    from playwright.sync_api import sync_playwright
+
+    from tools.runs.dashboard import in_background
+    from tools.runs.team_app import POET, PoetApp
+    from tools.runs.workflows import finished_status
+    from tools.stack.llm import choose_llm
+
+    llm = ScriptedLLM(port=0).start()  # a port of its own: never the test suite's LLM
+    llm.call_tool_when(TEAM_TASK, POET, {"task": TEAM_POET_TASK}, "Here is the Poet's haiku: {tool_result}")
+    llm.answer_when(TEAM_POET_TASK, TEAM_HAIKU)
+    service_log = LOG_DIR / "screenshots-team-service.log"
+    try:
+        with stack.running(tracing=True) as runtime:  # Zipkin too: the page links the run's trace
+            env = llm.client_env()
+            argv, service_env = stack.dapr_run(runtime, stack.SERVICE_APP, choose_llm(env), base_env=env)
+            poet = PoetApp(runtime, env, LOG_DIR / "screenshots-team-poet.log")
+            try:
+                stack.start_service(argv, service_env, service_log)
+                poet.start()
+                with httpx.Client(base_url=SERVICE_URL, timeout=30) as client:
+                    response = client.post("/run", json={"task": TEAM_TASK})
+                    response.raise_for_status()
+                    instance_id = response.json()["instance_id"]
+                    status = finished_status(client, instance_id, 120, service_log)
+                if status["runtime_status"] != "COMPLETED":
+                    raise StackError(f"run {instance_id} ended {status['runtime_status']}: "
+                                     f"{status.get('failure_details')}")
+                trace_id_of(instance_id)  # in Zipkin before the page asks for it: the page links it
+                with in_background("screenshots-dashboard-team") as url, sync_playwright() as playwright:
+                    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                    page = browser.new_page(viewport={"width": 1300, "height": 900})
+                    page.goto(f"{url}/#/run/{instance_id}")
+                    page.wait_for_selector(f"#family-box:not([hidden]) a:has-text('in app {TEAM_APP_ID}')",
+                                           timeout=30_000)
+                    page.wait_for_selector(f"#app:has-text('app {SERVICE_APP_ID}')", timeout=30_000)
+                    page.wait_for_selector("#trace[href*='/zipkin/traces/']", timeout=30_000)
+                    page.screenshot(path=str(IMAGES / "dashboard-team.png"), full_page=True)
+                    browser.close()
+            finally:
+                poet.stop()
+                processes.stop_dapr_run("service")
+    finally:
+        llm.stop()
+    return instance_id
+
+
 def history_picture(instance_id: str) -> None:
     import matplotlib
 
@@ -161,8 +222,8 @@ def history_picture(instance_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["approval"]):
-        print("usage: python -m tools.runs.screenshots [approval]", file=sys.stderr)
+    if args not in ([], ["approval"], ["team"]):
+        print("usage: python -m tools.runs.screenshots [approval | team]", file=sys.stderr)
         return 2
     if not (ROOT / ".venv" / "bin" / "python").exists():
         print("error: run `make setup` first", file=sys.stderr)
@@ -176,11 +237,17 @@ def main(argv: list[str] | None = None) -> int:
                 dashboard_screenshot(instance_id)
             print(f"[images] wrote images/zipkin-trace.png, images/workflow-history.png and images/dashboard-run.png "
                   f"for run {instance_id}")
-        waiting_id = approval_screenshot()
+        if args != ["team"]:
+            waiting_id = approval_screenshot()
+            print(f"[images] wrote images/dashboard-approval.png for run {waiting_id}, waiting for approval "
+                  "(then denied)")
+        if args != ["approval"]:
+            parent_id = team_screenshot()
+            print(f"[images] wrote images/dashboard-team.png for run {parent_id} of {SERVICE_APP_ID} and its child "
+                  f"in {TEAM_APP_ID}")
     except StackError as exc:
         print(f"[images] error: {exc}", file=sys.stderr)
         return 1
-    print(f"[images] wrote images/dashboard-approval.png for run {waiting_id}, waiting for approval (then denied)")
     return 0
 
 
