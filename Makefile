@@ -49,7 +49,7 @@ bench: setup ## what durability costs: latency, throughput of both doors, cost p
 	@$(LOCAL_MODEL_SETUP)
 	@$(VENV_PY) -m tools.bench $(if $(filter local,$(LLM)),--local-model)
 
-images: setup ## regenerate the pictures in images/ from the real thing (architecture, bench, Zipkin, history)
+images: setup ## regenerate the pictures in images/ from the real thing (architecture, bench, Zipkin, history, the dashboard)
 	@bash scripts/install-image-tools.sh
 	@bash scripts/render-architecture.sh
 	@$(VENV_PY) -m tools.bench
