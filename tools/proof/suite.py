@@ -71,8 +71,10 @@ def module_times(report: Path) -> dict[str, float]:
         return {}
     times: dict[str, float] = defaultdict(float)
     for case in ElementTree.parse(report).iter("testcase"):
-        module = case.get("classname", "").split(".")[0]  # "test_x" or "test_x.TestClass"
-        times[f"tests/{module}.py"] += float(case.get("time") or 0)
+        # "tests.test_x", or "tests.test_x.TestClass"
+        module = next((part for part in case.get("classname", "").split(".") if part.startswith("test_")), None)
+        if module:
+            times[f"tests/{module}.py"] += float(case.get("time") or 0)
     return dict(times)
 
 
@@ -110,6 +112,7 @@ def side_by_side(modules: list[str], pytest_options: list[str]) -> int:
         raise SystemExit(f"another test suite runs in this clone (its groups use {STATE_DIR / 'suite'}): "
                          "wait for it to end, or stop it with Ctrl+C") from None
     times = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.exists() else {}
+    times = {module: seconds for module, seconds in times.items() if module in all_modules()}
     groups = dealt(modules, namespaces.side_by_side(), times)
     say(f"{len(modules)} test modules in {len(groups)} groups side by side, each with a stack of its own "
         f"in private namespaces (their output: {STATE_DIR / 'suite'}/group-N/pytest.log)")
