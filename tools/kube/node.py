@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -50,6 +51,13 @@ STATE = STATE_DIR / "kube"
 PIDS = STATE / "pids"
 ORDER = ["etcd", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"]
 START_TIMEOUT_S = 180.0
+# One node per machine: its network namespace (/run/netns/<NETNS>), the CRI's mounts under /run/containerd
+# and kubelet's cgroups have machine-wide names, so a second node (another clone's, a test beside a
+# `make kube-up`) would take the first one's apart. The node's processes hold this lock through an
+# inherited open file: it is free again once the last of them has ended, even by SIGKILL. It names the
+# state folder of the clone that started the node.
+MACHINE_LOCK = TDA_HOME / "kube-node.lock"
+_lock_fd: int | None = None  # held while `up` starts the node's processes, which inherit it
 
 
 class NodeError(RuntimeError):
@@ -77,7 +85,8 @@ def start(name: str, argv: list[str]) -> psutil.Process:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(log_of(name), "ab") as log:
         popen = subprocess.Popen(in_netns(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=STATE)
+                                 start_new_session=True, cwd=STATE,
+                                 pass_fds=(_lock_fd,) if _lock_fd is not None else ())
     process = psutil.Process(popen.pid)
     (PIDS / f"{name}.pid").write_text(f"{process.pid} {process.create_time()}\n")
     return process
@@ -334,13 +343,40 @@ def missing_parts() -> list[str]:
     return [str(path) for path in wanted if not path.exists()] + tools
 
 
+def take_machine_lock() -> int | None:
+    """An open file holding the machine's node lock, or None while another node holds it."""
+    MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock_holder() -> str:
+    """The state folder of the clone whose node holds the lock (or last held it)."""
+    with contextlib.suppress(OSError):
+        return MACHINE_LOCK.read_text().strip() or "an unknown clone"
+    return "an unknown clone"
+
+
 def up() -> None:
+    global _lock_fd
     missing = missing_parts()
     if missing:
         raise NodeError("missing: " + ", ".join(missing) + " (run scripts/install-kube-check.sh, "
                         "scripts/install-kube-node.sh and scripts/install-kube-image.sh)")
     if any(recorded(name) for name in ORDER):
         raise NodeError("the node is already running (make kube-down stops it)")
+    _lock_fd = take_machine_lock()
+    if _lock_fd is None:
+        raise NodeError(f"another Kubernetes node runs on this machine, started from {lock_holder()}: one node per "
+                        "machine (its network namespace, mounts and cgroups have machine-wide names); stop it there "
+                        "with `make kube-down`")
+    os.ftruncate(_lock_fd, 0)
+    os.write(_lock_fd, f"{STATE}\n".encode())
     STATE.mkdir(parents=True, exist_ok=True)
     # A fresh cluster each time: no objects, pods or addresses of an earlier one (a Service's endpoints
     # would name dead pods for a while). Only containerd's images are kept, so imports are not redone.
@@ -407,6 +443,19 @@ def pod_network_namespaces() -> set[str]:
 
 
 def down() -> None:
+    lock = take_machine_lock()
+    if lock is None and lock_holder() != str(STATE) and not any(recorded(name) for name in ORDER):
+        print(f"[kube] the node running on this machine was started from {lock_holder()}: left alone "
+              "(`make kube-down` there stops it)")
+        return
+    try:
+        _down()
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _down() -> None:
     if recorded("kube-apiserver") and recorded("kubelet"):
         # The controllers first, or they replace the pods deleted next; kubelet then stops each pod's
         # sandbox through containerd, which removes its network namespace.
