@@ -13,7 +13,7 @@ LLM_FLAG := $(if $(LLM),--llm $(LLM))
 LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo kube-up kube-down switch-offs clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo kube-up kube-dapr kube-down switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,11 @@ kube-up: setup ## a real one-machine Kubernetes node in a network namespace of i
 	@bash scripts/install-kube-node.sh
 	@bash scripts/install-kube-image.sh
 	@$(VENV_PY) -m tools.kube.node up
+
+kube-dapr: setup ## Dapr's control plane on the node of make kube-up, by its Helm chart, images built here (NO_HA=1: one replica each)
+	@bash scripts/install-kube-check.sh
+	@bash scripts/install-kube-dapr.sh
+	@$(VENV_PY) -m tools.kube.dapr install $(if $(NO_HA),--no-ha)
 
 kube-down: ## stop the node of make kube-up, its pods and its network namespace
 	@$(VENV_PY) -m tools.kube.node down

@@ -68,6 +68,7 @@ RUN_ELSEWHERE = {
         "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run"),
     r"bash scripts/install-kube-image\.sh": "test_kube_image.py (its fixture `image`)",
     r"make kube-(up|down)": "test_kube_node.py (its fixture `running_node`)",
+    r"make kube-dapr": "test_kube_dapr.py (its fixture `dapr_on_node`)",
     r"make serve-ha": (
         "test_ha.py::test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothing_listening"),
     r"\.venv/bin/python -m pytest -m ha": "test_ha.py (the HA tests alone)",

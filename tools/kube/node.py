@@ -242,7 +242,12 @@ def make_netns() -> None:
         subprocess.run(["ip", "netns", "add", NETNS], check=True, capture_output=True)
     # The node's address on loopback (this kernel has no dummy links: "Unknown device type"): the pods
     # reach it through their bridge's gateway, as any local address.
-    for command in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo"]):
+    # A route for the Services' cluster addresses: the node's own processes (the apiserver calling an
+    # admission webhook, as Dapr's sidecar injector) connect to them, and without any route a connect fails
+    # before kube-proxy's DNAT can act ("dial tcp 10.96.0.216:443: connect: network is unreachable"); the
+    # DNAT then sends the packet to the pod, over the bridge.
+    for command in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo"],
+                    ["ip", "route", "add", SERVICE_CIDR, "dev", "lo"]):
         run(command)  # already there on a second `up`: fine
     with contextlib.suppress(OSError):  # the pods' bridge forwards between pods and the node
         run(["sysctl", "-w", "net.ipv4.ip_forward=1"])

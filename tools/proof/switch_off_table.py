@@ -74,6 +74,8 @@ KUBE_IMAGE_CLAIM = ("its container image builds from deploy/kubernetes/Dockerfil
                     "base image made here) and the service in it completes a run")
 KUBE_NODE_CLAIM = ("runs its image on a real one-machine Kubernetes node (`make kube-up`: kubelet, containerd, "
                    "the control plane, in a network namespace of its own), imported, never pulled")
+KUBE_DAPR_CLAIM = ("installs Dapr 1.18.2 on that node by its own Helm chart (`make kube-dapr`: HA, images built here, "
+                   "never pulled); Dapr's injector adds a daprd sidecar that becomes Ready")
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -496,4 +498,12 @@ SWITCH_OFFS = [
                     "    return\n\n\ndef copy_into_containerd"),),
               because=r"ErrImageNeverPull",
               covers=("tools/proof/kube_image.py", "scripts/install-kube-node.sh", "Makefile")),
+    SwitchOff(KUBE_DAPR_CLAIM,
+              "test_kube_dapr.py::test_daprs_injector_adds_a_ready_daprd_sidecar_to_an_annotated_pod",
+              "the chart's sidecar injector is disabled (dapr_sidecar_injector.enabled: false)",
+              (Edit("deploy/kubernetes/node/dapr-node-values.yaml", "dapr_sidecar_injector:\n",
+                    "dapr_sidecar_injector:\n  enabled: false\n"),),
+              because=r"\['app'\] == \['app', 'daprd'\]",
+              covers=("tools/kube/dapr.py", "tools/kube/node.py", "scripts/install-kube-dapr.sh",
+                      "deploy/kubernetes/dapr-values.yaml", "Makefile")),
 ]
