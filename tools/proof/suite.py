@@ -54,14 +54,23 @@ def all_modules() -> list[str]:
     return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py"))
 
 
+# Modules that must share a group: each starts the one Kubernetes node a machine can run (tools/kube/node.py),
+# so in two groups side by side the second would find the first one's node.
+TOGETHER = (("tests/test_kube_node.py", "tests/test_kube_dapr.py"),)
+
+
 def dealt(modules: list[str], groups: int, times: dict[str, float]) -> list[Group]:
-    """The modules in `groups` groups of about equal time: each module, longest first, to the group
-    with the least time so far."""
+    """The modules in `groups` groups of about equal time: each module (or each set of TOGETHER), longest
+    first, to the group with the least time so far."""
+    units = [[m for m in together if m in modules] for together in TOGETHER]
+    units = [unit for unit in units if unit]
+    units += [[m] for m in modules if not any(m in unit for unit in units)]
+    seconds = {tuple(unit): sum(times.get(m, UNKNOWN_MODULE_S) for m in unit) for unit in units}
     result = [Group(number) for number in range(1, groups + 1)]
-    for module in sorted(modules, key=lambda m: -times.get(m, UNKNOWN_MODULE_S)):
+    for unit in sorted(units, key=lambda u: -seconds[tuple(u)]):
         group = min(result, key=lambda g: g.expected_s)
-        group.modules.append(module)
-        group.expected_s += times.get(module, UNKNOWN_MODULE_S)
+        group.modules.extend(unit)
+        group.expected_s += seconds[tuple(unit)]
     return [group for group in result if group.modules]
 
 
