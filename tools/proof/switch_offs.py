@@ -24,6 +24,7 @@ switch-off no longer applies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -32,12 +33,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tools.proof.suite import TOGETHER
 from tools.proof.switch_off_table import SWITCH_OFFS, SwitchOff
 from tools.stack import namespaces
 from tools.stack.processes import port_in_use, say
@@ -327,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
            else "one by one on the normal ports (no namespaces here: needs root and `unshare`)"))
     started, rows = time.monotonic(), []
 
+    one_node = threading.Lock()  # the copies whose test starts the machine's one Kubernetes node: one at a time
+
     def run(entry: SwitchOff) -> dict:
-        return run_one(entry, isolated, args.keep) | {"finished": datetime.now(UTC).isoformat(timespec="seconds")}
+        starts_the_node = any(f"tests/{entry.test.split('::')[0]}" in modules for modules in TOGETHER)
+        with one_node if starts_the_node else contextlib.nullcontext():
+            return run_one(entry, isolated, args.keep) | {"finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
     # In namespaces, copies run side by side; without, one by one on the normal ports.
     with ThreadPoolExecutor(max_workers=namespaces.side_by_side() if isolated else 1) as pool:
