@@ -106,17 +106,27 @@ def test_a_pod_of_the_service_image_imported_not_pulled_runs_on_the_node(importe
 # A client in a pod: the web pod's page through its Service's cluster address, its full name and its short
 # name (CoreDNS, and the search path kubelet writes), then the apiserver's version through the `kubernetes`
 # Service, with the pod's service-account token and CA, as Dapr's operator and injector will reach it.
+# kube-proxy writes a new Service's rules a moment after its endpoints are ready (seen: connection refused in
+# a CI run), so the client polls each address, with a deadline.
 CLIENT = """
-import json, os, ssl, sys, urllib.request
+import json, os, ssl, sys, time, urllib.request
+def read(url, **options):
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=10, **options).read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 for url in (f"http://{sys.argv[1]}/", "http://web.default.svc.cluster.local/", "http://web/"):
-    page = urllib.request.urlopen(url, timeout=10).read()
-    print("web", b"durable_agent_service.py" in page)
+    print("web", b"durable_agent_service.py" in read(url))
 secrets = "/var/run/secrets/kubernetes.io/serviceaccount"
 context = ssl.create_default_context(cafile=f"{secrets}/ca.crt")
 request = urllib.request.Request(
     f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/version",
     headers={"Authorization": "Bearer " + open(f"{secrets}/token").read()})
-print("apiserver", json.load(urllib.request.urlopen(request, context=context, timeout=10))["gitVersion"])
+print("apiserver", json.loads(read(request, context=context))["gitVersion"])
 """
 
 
