@@ -80,11 +80,17 @@ def choose_llm(env: dict[str, str], switch: str = "") -> LLMChoice:
         raise StackError("the local model is not set up yet: run `bash scripts/install-local-model.sh` "
                              "(`make run LLM=local` does it first; it builds Ollama once per machine)")
     if choice.resources != RESOURCES_DIR:
-        shutil.rmtree(choice.resources, ignore_errors=True)
-        choice.resources.mkdir(parents=True)
-        for source in RESOURCES_DIR.glob("*.yaml"):
-            if source.name != "llm-provider.yaml":
-                shutil.copy(source, choice.resources / source.name)
         provider = choice.provider or choice.name
-        shutil.copy(RESOURCES_DIR / "llm" / f"{provider}.yaml", choice.resources / "llm-provider.yaml")
+        wanted = {source.name: source.read_bytes() for source in RESOURCES_DIR.glob("*.yaml")
+                  if source.name != "llm-provider.yaml"}
+        wanted["llm-provider.yaml"] = (RESOURCES_DIR / "llm" / f"{provider}.yaml").read_bytes()
+        # Rewritten only when it differs: a running sidecar watches this folder (hot reload), and one that
+        # finds it gone while a second replica starts exits ("failed to read resource directories").
+        present = {path.name: path.read_bytes() for path in choice.resources.glob("*")} \
+            if choice.resources.is_dir() else None
+        if present != wanted:
+            shutil.rmtree(choice.resources, ignore_errors=True)
+            choice.resources.mkdir(parents=True)
+            for name, content in wanted.items():
+                (choice.resources / name).write_bytes(content)
     return choice
