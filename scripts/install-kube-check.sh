@@ -16,7 +16,7 @@
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step, the Go build steps
 
 PREFIX="$TDA_HOME/kube-check-$KUBERNETES_VERSION"   # tools/proof/kube_check.py: PREFIX
 STAMP="kubernetes=$KUBERNETES_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION dapr=$DAPR_RUNTIME_VERSION"
@@ -30,42 +30,17 @@ export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 command -v go >/dev/null 2>&1 \
   || die "Go is not installed, and the Kubernetes check builds kube-apiserver, etcd and helm with it (once per machine). Install Go >= $GO_MIN_VERSION, then run \`make test\` again."
 
-mkdir -p "$TDA_HOME"
-exec 9>"$TDA_HOME/.install-kube-check.lock"
-if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-  step /dev/null "kubernetes check: waiting for another set-up's build to finish" flock 9
-fi
+take_build_lock kube-check "kubernetes check"   # lib.sh
 [ "$(cat "$PREFIX/.complete" 2>/dev/null)" = "$STAMP" ] && exit 0
-
-module_dir() {  # the directory `go mod download` put a module in
-  local json
-  json="$(go mod download -json "$1")" || { printf '%s\ncould not download %s\n' "$json" "$1" >&2; return 1; }
-  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
 
 src="$TDA_HOME/src/kube-check-$KUBERNETES_VERSION"
 
-# k8s.io/kubernetes replaces its k8s.io/* dependencies with ./staging folders,
-# which its module download does not contain (each is a module of its own).
-# In a writable copy, drop those replace lines and require the published
-# modules of the same release instead: v1.34.4 -> v0.34.4.
+# k8s.io/kubernetes, in a writable copy whose ./staging replace lines became requirements of the
+# published k8s.io/* modules of the same release (lib.sh: kubernetes_module_copy).
 build_apiserver() {
-  local dir staging="v0.${KUBERNETES_VERSION#1.}" module
-  dir="$(module_dir "k8s.io/kubernetes@v$KUBERNETES_VERSION")"
-  rm -rf "$src/kubernetes" && mkdir -p "$src"
-  cp -r "$dir" "$src/kubernetes" && chmod -R u+w "$src/kubernetes"
+  kubernetes_module_copy "$src/kubernetes"
   cd "$src/kubernetes"
-  rm -rf vendor go.work go.work.sum
-  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' go.mod); do
-    go mod edit -dropreplace "$module"
-  done
-  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' go.mod); do
-    go mod edit -require "$module@$staging"
-  done
-  local v="k8s.io/component-base/version"
-  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
-    -X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) \
-    -X $v.gitTreeState=clean" -o "$PREFIX/bin/kube-apiserver" ./cmd/kube-apiserver
+  kubernetes_build "$PREFIX/bin/kube-apiserver" ./cmd/kube-apiserver
   cd / && rm -rf "$src/kubernetes"
 }
 
@@ -87,7 +62,7 @@ build_helm() {
 # The chart, its CRDs and the annotation names, from the runtime's own module.
 copy_dapr_sources() {
   local dir out="$PREFIX/dapr-$DAPR_RUNTIME_VERSION"
-  dir="$(module_dir "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION")"
+  dir="$(go_module_dir "github.com/dapr/dapr@v$DAPR_RUNTIME_VERSION")"
   rm -rf "$out" && mkdir -p "$out/charts"
   cp -r "$dir/charts/dapr" "$out/charts/dapr"
   cp "$dir/pkg/injector/annotations/annotations.go" "$out/annotations.go"

@@ -14,7 +14,7 @@
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step, the Go build steps
 
 VERSION="$DAPR_RUNTIME_VERSION"
 PREFIX="$TDA_HOME/kube-dapr-$VERSION"
@@ -28,24 +28,14 @@ export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 command -v go >/dev/null 2>&1 \
   || die "Go is not installed, and Dapr's Kubernetes images hold binaries built with it (once per machine). Install Go >= $GO_MIN_VERSION."
 
-mkdir -p "$TDA_HOME"
-exec 9>"$TDA_HOME/.install-kube-dapr.lock"
-if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-  step /dev/null "dapr for kubernetes: waiting for another set-up's build to finish" flock 9
-fi
+take_build_lock kube-dapr "dapr for kubernetes"   # lib.sh
 [ "$(cat "$PREFIX/.complete" 2>/dev/null)" = "$STAMP" ] && exit 0
-
-module_dir() {  # the directory `go mod download` put a module in
-  local json
-  json="$(go mod download -json "$1")" || { printf '%s\ncould not download %s\n' "$json" "$1" >&2; return 1; }
-  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
 
 # Built inside the module's own directory (read-only: nothing is written there), with its go.mod and go.sum
 # as they are: the versions Dapr's release was built with. The version flags are those of Dapr's Makefile.
 build_command() {
   local command="$1" dir tags=()
-  dir="$(module_dir "github.com/dapr/dapr@v$VERSION")"
+  dir="$(go_module_dir "github.com/dapr/dapr@v$VERSION")"
   [ "$command" = daprd ] && tags=(-tags=allcomponents)
   cd "$dir"
   go build "${tags[@]}" -ldflags "-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=$VERSION \

@@ -13,7 +13,7 @@
 set -euo pipefail
 TAG=setup
 # shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step
+. "$(dirname "$0")/lib.sh"   # the facts (tools/stack/stack.env), TDA_HOME, say/die/step, the Go build steps
 
 PREFIX="$TDA_HOME/kube-node-$KUBERNETES_VERSION"
 COMMANDS=(kubectl kube-scheduler kube-controller-manager kubelet kube-proxy)
@@ -34,11 +34,7 @@ export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 command -v go >/dev/null 2>&1 \
   || die "Go is not installed, and the Kubernetes node builds kubelet and its peers with it (once per machine). Install Go >= $GO_MIN_VERSION."
 
-mkdir -p "$TDA_HOME"
-exec 9>"$TDA_HOME/.install-kube-node.lock"
-if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
-  step /dev/null "kubernetes node: waiting for another set-up's build to finish" flock 9
-fi
+take_build_lock kube-node "kubernetes node"   # lib.sh
 [ "$(cat "$PREFIX/.complete" 2>/dev/null)" = "$STAMP" ] && [ -z "$(missing_packages)" ] && exit 0
 
 install_packages() {
@@ -52,34 +48,16 @@ install_packages() {
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now containerd 2>/dev/null || true; fi
 }
 
-module_dir() {  # the directory `go mod download` put a module in
-  local json
-  json="$(go mod download -json "$1")" || { printf '%s\ncould not download %s\n' "$json" "$1" >&2; return 1; }
-  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
-
 src="$TDA_HOME/src/kube-node-$KUBERNETES_VERSION"
 
-# As scripts/install-kube-check.sh does for kube-apiserver: in a writable copy of the module, the
-# ./staging replace lines become requirements of the published k8s.io/* modules of the same release.
+# As scripts/install-kube-check.sh does for kube-apiserver: from a writable copy of the module whose
+# ./staging replace lines became requirements of the published k8s.io/* modules of the same release.
 build_node_binaries() {
-  local dir staging="v0.${KUBERNETES_VERSION#1.}" module
-  dir="$(module_dir "k8s.io/kubernetes@v$KUBERNETES_VERSION")"
-  rm -rf "$src/kubernetes" && mkdir -p "$src"
-  cp -r "$dir" "$src/kubernetes" && chmod -R u+w "$src/kubernetes"
+  local command
+  kubernetes_module_copy "$src/kubernetes"
   cd "$src/kubernetes"
-  rm -rf vendor go.work go.work.sum
-  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' go.mod); do
-    go mod edit -dropreplace "$module"
-  done
-  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' go.mod); do
-    go mod edit -require "$module@$staging"
-  done
-  local v="k8s.io/component-base/version" command
   for command in "${COMMANDS[@]}"; do
-    GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
-      -X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) \
-      -X $v.gitTreeState=clean" -o "$PREFIX/bin/$command" "./cmd/$command"
+    kubernetes_build "$PREFIX/bin/$command" "./cmd/$command"
   done
   cd / && rm -rf "$src/kubernetes"
 }

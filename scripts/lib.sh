@@ -51,3 +51,45 @@ write_record() {  # write_record WHAT TOTAL_S
     "$1" "$(date -u +%FT%TZ)" "$(getconf _NPROCESSORS_ONLN)" "${load:-null}" "$(go env GOVERSION)" \
     "$GO_CACHES_BEFORE" "${STEP_TIMES[*]}" "$2" > "$RECORD"
 }
+
+# The kube installers' shared steps (install-kube-check.sh, install-kube-node.sh, install-kube-dapr.sh).
+
+# take_build_lock NAME LABEL: holds fd 9 on $TDA_HOME/.install-NAME.lock, so two set-ups never build NAME at once.
+take_build_lock() {
+  mkdir -p "$TDA_HOME"
+  exec 9>"$TDA_HOME/.install-$1.lock"
+  if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+    step /dev/null "$2: waiting for another set-up's build to finish" flock 9
+  fi
+}
+
+# go_module_dir MODULE@VERSION: the folder `go mod download` put it in: they build from the Go module proxy only.
+go_module_dir() {
+  local json
+  json="$(go mod download -json "$1")" || { printf '%s\ncould not download %s\n' "$json" "$1" >&2; return 1; }
+  printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+# kubernetes_module_copy DEST: k8s.io/kubernetes made buildable in DEST: its download lacks the ./staging it replaces.
+kubernetes_module_copy() (
+  dest="$1" staging="v0.${KUBERNETES_VERSION#1.}"   # the release's published staging modules: v1.34.4 -> v0.34.4
+  dir="$(go_module_dir "k8s.io/kubernetes@v$KUBERNETES_VERSION")"
+  rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
+  cp -r "$dir" "$dest" && chmod -R u+w "$dest"
+  cd "$dest"
+  rm -rf vendor go.work go.work.sum
+  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' go.mod); do
+    go mod edit -dropreplace "$module"
+  done
+  for module in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) v0\.0\.0$#\1#p' go.mod); do
+    go mod edit -require "$module@$staging"
+  done
+)
+
+# kubernetes_build OUT PACKAGE, inside that copy: with the version flags, so that `OUT --version` names the release.
+kubernetes_build() {
+  local v="k8s.io/component-base/version"
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w -X $v.gitVersion=v$KUBERNETES_VERSION \
+    -X $v.gitMajor=${KUBERNETES_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) \
+    -X $v.gitTreeState=clean" -o "$1" "$2"
+}
