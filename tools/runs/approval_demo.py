@@ -23,6 +23,7 @@ import httpx
 import redis
 
 from tools.runs.approvals import answer, describe, waiting_approval
+from tools.runs.demos import clock, run_demo, say
 from tools.runs.refund_app import APP_URL, RefundApp, refund_records
 from tools.runs.workflows import finished_status, history, sidecar_grpc_port
 from tools.stack import commands as stack
@@ -34,14 +35,6 @@ ORDER_ID = "A-1042"
 TASK = f"Order {ORDER_ID} arrived broken; please refund the customer's 42.50 EUR."
 FINAL = "Done: {tool_result}. The customer will see it in a few days."
 RUN_TIMEOUT_S = 120.0
-
-
-def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
-
-
-def clock(started: float) -> str:
-    return f"{time.monotonic() - started:5.1f} s:"
 
 
 def forget_refund(order_id: str) -> None:
@@ -120,16 +113,7 @@ def show_run(instance_id: str, status: dict) -> None:
 
 
 def main() -> int:
-    llm = ScriptedLLM(port=0).start()  # a free port of its own: never the test suite's LLM
-    try:
-        demo(llm)
-    except StackError as exc:
-        print(f"[demo] error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        llm.stop()
-    say("everything the demo started is stopped")
-    return 0
+    return run_demo(demo)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import httpx
 import psutil
 import redis
 
+from tools.runs.demos import clock, run_demo, say
 from tools.runs.workflows import finished_status, history, sidecar_grpc_port
 from tools.stack import commands as stack
 from tools.stack.llm import choose_llm
@@ -36,15 +37,6 @@ TASK = "Write a haiku about surviving a crash."
 ANSWER = "Killed mid-sentence,\nthe workflow wakes in Redis,\nfinishes the verse."
 LLM_DELAY_S = 5.0
 RUN_TIMEOUT_S = 120.0
-
-
-def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
-
-
-def clock(started: float) -> str:
-    """The time since the run started, as each step is printed."""
-    return f"{time.monotonic() - started:5.1f} s:"
 
 
 def app_process() -> psutil.Process:
@@ -114,19 +106,14 @@ def show_run(instance_id: str, llm: ScriptedLLM) -> None:
         print(f"  {message['role']}: " + str(message["content"]).replace("\n", indent))
 
 
-def main() -> int:
-    llm = ScriptedLLM(port=0).start()  # a free port of its own: never the test suite's LLM
-    try:
-        instance_id = demo(llm)
-    except StackError as exc:
-        print(f"[demo] error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        llm.stop()
+def show_dashboard_link(instance_id: str) -> None:
     say(f"see this run in your browser: `make serve`, then `make dashboard` in another terminal, "
         f"and open http://localhost:{DASHBOARD_PORT}/#/run/{instance_id}")
-    say("everything the demo started is stopped")
-    return 0
+
+
+def main() -> int:
+    # This module's ScriptedLLM, looked up now: tests/test_crash_demo.py replaces it to read the LLM's calls.
+    return run_demo(demo, ScriptedLLM, then=show_dashboard_link)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 
 import httpx
 
+from tools.runs.demos import clock, run_demo, say
 from tools.runs.team_app import POET, POET_REGISTRY_KEY, PoetApp, registry_entry, registry_index
 from tools.runs.workflows import (
     FINISHED,
@@ -45,14 +46,6 @@ POET_TASK = "Write a haiku about durable workflows."
 HAIKU = "Killed mid-thought, I wake;\nthe history in Redis\nfinishes my line."
 FINAL = "Here is the Poet's haiku: {tool_result}"
 RUN_TIMEOUT_S = 120.0
-
-
-def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
-
-
-def clock(started: float) -> str:
-    return f"{time.monotonic() - started:5.1f} s:"
 
 
 def run_status(app_id: str, instance_id: str) -> str:
@@ -146,16 +139,7 @@ def demo(llm: ScriptedLLM) -> None:
 
 
 def main() -> int:
-    llm = ScriptedLLM(port=0).start()  # a free port of its own: never the test suite's LLM
-    try:
-        demo(llm)
-    except StackError as exc:
-        print(f"[demo] error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        llm.stop()
-    say("everything the demo started is stopped")
-    return 0
+    return run_demo(demo)
 
 
 if __name__ == "__main__":
