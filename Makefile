@@ -13,7 +13,7 @@ LLM_FLAG := $(if $(LLM),--llm $(LLM))
 LOCAL_MODEL_SETUP := if [ "$(LLM)" = local ]; then bash scripts/install-local-model.sh; fi
 
 .DEFAULT_GOAL := help
-.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo kube-up kube-dapr kube-down switch-offs clean
+.PHONY: help setup doctor run serve serve-ha test bench images up stop status env workflows history purge dashboard crash-demo approval-demo approve team-demo kube-up kube-dapr kube-load kube-shell kube-down switch-offs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,7 @@ test: setup ## lint (ruff), then the end-to-end test suite against a real local 
 	@bash scripts/install-kube-check.sh   # kube-apiserver, etcd, helm: the Kubernetes manifests' check (once)
 	@bash scripts/install-kube-image.sh   # buildah, podman, a base image, wheels: the service's container image (once)
 	@bash scripts/install-kube-node.sh    # kubelet, controller-manager, scheduler, kubectl; containerd: the node (once)
+	@bash scripts/install-kube-dapr.sh    # Dapr's operator, injector, sentry, placement, scheduler, daprd: its images (once)
 	@bash scripts/install-local-model.sh  # Ollama and SmolLM2-135M: tests/test_local_model.py (once)
 	@.venv/bin/ruff check .
 	@$(VENV_PY) -m tools.proof.suite   # the test modules in groups side by side (tools/proof/suite.py)
@@ -99,6 +100,14 @@ kube-dapr: setup ## Dapr's control plane on the node of make kube-up, by its Hel
 	@bash scripts/install-kube-check.sh
 	@bash scripts/install-kube-dapr.sh
 	@$(VENV_PY) -m tools.kube.dapr install $(if $(NO_HA),--no-ha)
+
+kube-load: setup ## the images the manifests name (the service's, the demo Redis's and Zipkin's, made here) and the Redis volume, onto the node
+	@bash scripts/install-kube-image.sh
+	@bash scripts/install-zipkin.sh
+	@$(VENV_PY) -m tools.kube.app load
+
+kube-shell: ## a shell in the node's network namespace, kubectl on its PATH: docs/kubernetes.md's commands run there
+	@$(VENV_PY) -m tools.kube.app shell
 
 kube-down: ## stop the node of make kube-up, its pods and its network namespace
 	@$(VENV_PY) -m tools.kube.node down

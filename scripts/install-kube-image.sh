@@ -6,7 +6,9 @@
 #      filesystem by mmdebstrap (bookworm: Python 3.11) with a virtualenv at /usr/local, so that
 #      `python` and `pip install` work as in the official image, imported and tagged by podman;
 #   3. the requirements' wheels, downloaded on the host by pip (the build itself has no network);
-#   4. the image, tagged as the manifest names it (tiny-durable-agent:local).
+#   4. the image, tagged as the manifest names it (tiny-durable-agent:local);
+#   5. the base of the demo Redis's and Zipkin's images (tools/kube/app.py builds them on it): a
+#      Debian root filesystem with redis-server and Java 17, imported as localhost/tda-demo-base.
 # Everything lands in $TDA_HOME/kube-image, keyed by what it was made from; a part that is there
 # returns at once. The log is $TDA_HOME/logs/build-kube-image.log, the timings build-kube-image.times.json.
 set -euo pipefail
@@ -21,6 +23,8 @@ LOG="$TDA_HOME/logs/build-kube-image.log"
 PACKAGES=(buildah podman runc mmdebstrap)
 BASE_STAMP="suite=$KUBE_IMAGE_DEBIAN_SUITE packages=$KUBE_IMAGE_BASE_PACKAGES"
 BASE_IMAGE="localhost/python:$PYTHON_MIN_VERSION-slim"
+DEMO_STAMP="suite=$KUBE_IMAGE_DEBIAN_SUITE packages=$KUBE_DEMO_PACKAGES"
+DEMO_BASE_IMAGE="localhost/tda-demo-base:$KUBE_IMAGE_DEBIAN_SUITE"
 
 [ -x "$PY" ] || die "no virtualenv at $PY: run \`make setup\` first"
 missing_packages() {
@@ -31,8 +35,9 @@ missing_packages() {
 }
 wheels() { "$PY" -c 'from tools.proof.kube_image import wheelhouse; print(wheelhouse())'; }
 base_ready() { [ "$(cat "$STORE/.base-complete" 2>/dev/null)" = "$BASE_STAMP" ]; }
+demo_base_ready() { [ "$(cat "$STORE/.demo-base-complete" 2>/dev/null)" = "$DEMO_STAMP" ]; }
 all_ready() {
-  [ -z "$(missing_packages)" ] && base_ready && [ -f "$(wheels)/.complete" ] \
+  [ -z "$(missing_packages)" ] && base_ready && demo_base_ready && [ -f "$(wheels)/.complete" ] \
     && "$PY" -c 'import sys; from tools.proof.kube_image import *; sys.exit(image_id(f"{IMAGE_NAME}:in-{inputs_hash()}") is None)' 2>/dev/null
 }
 
@@ -68,6 +73,18 @@ make_base_image() {
   echo "$BASE_STAMP" > "$STORE/.base-complete"
 }
 
+make_demo_base_image() {
+  local tar="$STORE/demo-rootfs-$KUBE_IMAGE_DEBIAN_SUITE.tar"
+  mmdebstrap --variant=minbase --include="$KUBE_DEMO_PACKAGES" \
+    --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+    "$KUBE_IMAGE_DEBIAN_SUITE" "$tar"
+  podman --root "$STORE/storage" --runroot /run/tiny-durable-agent-kube-image --storage-driver overlay \
+    import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' "$tar" "$DEMO_BASE_IMAGE"
+  rm -f "$tar"
+  echo "$DEMO_STAMP" > "$STORE/.demo-base-complete"
+}
+
 download_wheels() {
   local dir
   dir="$(wheels)"
@@ -87,5 +104,7 @@ timed "container image: Debian's ${PACKAGES[*]}" install_packages
 base_ready || timed "container image: base image $BASE_IMAGE from Debian $KUBE_IMAGE_DEBIAN_SUITE by mmdebstrap" make_base_image
 [ -f "$(wheels)/.complete" ] || timed "container image: the requirements' wheels, by pip download" download_wheels
 timed "container image: buildah builds deploy/kubernetes/Dockerfile" build_image
+demo_base_ready || timed "container image: the demo Redis's and Zipkin's base $DEMO_BASE_IMAGE by mmdebstrap" \
+  make_demo_base_image
 write_record "the service's container image" "$((SECONDS - started))"
 say "container image: ready in $STORE, $KUBE_SERVICE_IMAGE ($((SECONDS - started)) s in all)"

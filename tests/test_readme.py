@@ -69,6 +69,11 @@ RUN_ELSEWHERE = {
     r"bash scripts/install-kube-image\.sh": "test_kube_image.py (its fixture `image`)",
     r"make kube-(up|down)": "test_kube_node.py (its fixture `running_node`)",
     r"make kube-dapr": "test_kube_dapr.py (its fixture `dapr_on_node`)",
+    r"make kube-(load|shell)": "test_kube_app.py (its fixture `deployed`, and every block it walks in the shell)",
+    # docs/kubernetes.md's blocks marked "in make kube-shell", run there as written by test_kube_app.py's walk()
+    r"kubectl (create secret|apply|rollout|port-forward) .*": "test_kube_app.py (its `walk` of the page's blocks)",
+    r'curl -s "http://localhost:9411/api/v2/traces\?\S+"': (
+        "test_kube_app.py::test_the_runs_traces_reach_the_demo_zipkin_on_the_node"),
     r"make serve-ha": (
         "test_ha.py::test_make_serve_ha_runs_three_hosts_on_loopback_only_and_ctrl_c_leaves_nothing_listening"),
     r"\.venv/bin/python -m pytest -m ha": "test_ha.py (the HA tests alone)",

@@ -32,7 +32,8 @@ IMAGES = [f"{REGISTRY}/{command}:{VERSION}" for command in COMMANDS]
 VALUES = [ROOT / "deploy/kubernetes/dapr-values.yaml", ROOT / "deploy/kubernetes/node/dapr-node-values.yaml"]
 NAMESPACE = "dapr-system"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's ca-certificates: daprd's calls out of the cluster
-USER = "65532:65532"  # non-root and numeric, as the chart's runAsNonRoot requires (Dapr's images use the same)
+CONTROL_PLANE_UID = 65532  # non-root and numeric, as the chart's runAsNonRoot requires (Dapr's images use the same)
+USER = f"{CONTROL_PLANE_UID}:{CONTROL_PLANE_UID}"
 
 
 def missing() -> list[str]:
@@ -84,6 +85,10 @@ def install(ha: bool = True, timeout_s: int = 900) -> float:
     if not node.node_ready():
         raise node.NodeError("the node is not Ready: run `make kube-up` first")
     started = time.monotonic()
+    for replica in range(3):  # the claims of the chart's placement and scheduler StatefulSets (three each)
+        node.host_volume(f"raft-log-dapr-placement-server-{replica}", NAMESPACE, CONTROL_PLANE_UID, "1Gi")
+        node.host_volume(f"dapr-scheduler-data-dir-dapr-scheduler-server-{replica}", NAMESPACE, CONTROL_PLANE_UID,
+                         "16Gi")
     build_images()
     import_images()
     imported = time.monotonic()

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -60,12 +65,57 @@ MACHINE_LOCK = TDA_HOME / "kube-node.lock"
 _lock_fd: int | None = None  # held while `up` starts the node's processes, which inherit it
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
 class NodeError(RuntimeError):
     """The node could not start or stop; the message says where."""
 
 
 def in_netns(argv: list[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *argv]
+
+
+def in_node_network(function: Callable[[], T]) -> T:
+    """`function()` run by a thread that has entered the node's network namespace: the sockets it makes
+    (and those of the threads it starts, which inherit the namespace) live there, the rest of the
+    process stays where it was. The tests' scripted LLM listens so, and their clients call from there."""
+    box: dict = {}
+
+    def enter_and_call() -> None:
+        try:
+            fd = os.open(f"/run/netns/{NETNS}", os.O_RDONLY)
+            try:
+                if LIBC.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {NETNS}: {os.strerror(ctypes.get_errno())}")
+            finally:
+                os.close(fd)
+            box["value"] = function()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=enter_and_call, name="in-node-network")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def processes_in_netns() -> list[psutil.Process]:
+    """The processes whose network namespace is the node's (their main thread's)."""
+    try:
+        wanted = os.stat(f"/run/netns/{NETNS}").st_ino
+    except OSError:
+        return []
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if process.pid != os.getpid() and os.stat(f"/proc/{process.pid}/ns/net").st_ino == wanted:
+                found.append(process)
+    return found
 
 
 def log_of(name: str) -> Path:
@@ -322,6 +372,25 @@ def deploy_dns() -> None:
         raise NodeError(f"CoreDNS did not become ready: {status.stdout.strip()} {status.stderr.strip()}")
 
 
+def host_volume(claim: str, namespace: str, uid: int, size: str) -> None:
+    """A PersistentVolume of a fresh folder on the node, bound to `claim` (deploy/kubernetes/node/host-volume.yaml),
+    unless it exists already (a pod may be using it). The node has no storage provisioner to make one."""
+    name = f"{namespace}-{claim}"
+    if kubectl("get", "pv", name).returncode == 0:
+        return
+    folder = STATE / "volumes" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.chown(folder, uid, uid)
+    manifest = (ROOT / "deploy/kubernetes/node/host-volume.yaml").read_text()
+    for key, value in {"NAME": name, "SIZE": size, "NAMESPACE": namespace, "CLAIM": claim, "PATH": str(folder)}.items():
+        manifest = re.sub(rf"\b{key}$", value, manifest, flags=re.M)
+    result = subprocess.run(in_netns([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"),
+                                      "apply", "-f", "-"]), input=manifest, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise NodeError(f"kubectl apply of the volume {name}: {result.stderr.strip()}")
+
+
 # --- up and down ----------------------------------------------------------------------------
 def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return run([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"), *args], timeout=timeout)
@@ -385,7 +454,7 @@ def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     # A fresh cluster each time: no objects, pods or addresses of an earlier one (a Service's endpoints
     # would name dead pods for a while). Only containerd's images are kept, so imports are not redone.
-    for folder in ("etcd", "kubelet", "cni/ipam"):
+    for folder in ("etcd", "kubelet", "cni/ipam", "volumes"):
         shutil.rmtree(STATE / folder, ignore_errors=True)
     token = secrets.token_hex(16)
     write_files(token)
@@ -484,6 +553,9 @@ def _down() -> None:
         mount_point = line.split()[1]
         if mount_point.startswith(str(STATE)) or "/run/containerd/io.containerd.grpc.v1.cri" in mount_point:
             subprocess.run(["umount", "-l", mount_point], capture_output=True)
+    for process in processes_in_netns():  # what ran in the node's namespace: a `kubectl port-forward` left behind
+        with contextlib.suppress(psutil.Error):
+            process.kill()
     for path in sorted(pod_netns):  # those of pods that kubelet did not stop
         if Path(path).exists():
             subprocess.run(["umount", "-l", path], capture_output=True)

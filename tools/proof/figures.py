@@ -76,6 +76,21 @@ BLOCKS = [
            "pubsub_tasks_run_twice": "published tasks run twice", "submissions_unanswered": "unanswered",
            "llm_calls_repeated": "LLM calls repeated", "duration_s": "duration (s)", **MACHINE},
           f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest -m ha"),
+    Block(ROOT / "docs" / "kubernetes.md", "Kube fault: ",
+          ("Kube fault: app pod deleted mid LLM call",),
+          {"delete_to_pod_gone_s": "delete to pod gone (s)", "delete_to_new_pod_ready_s": "to the new pod Ready (s)",
+           "delete_to_completed_s": "to the run COMPLETED (s)", "llm_task_calls": "LLM calls of the run", **MACHINE},
+          f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_kube_app.py"),
+    Block(ROOT / "docs" / "kubernetes.md", "Kube fault under load: ",
+          ("Kube fault under load: placement pod deleted", "Kube fault under load: scheduler pod deleted"),
+          {"which": "which", "delete_to_next_completed_run_s": "delete to the next completed run (s)",
+           "delete_to_pod_ready_again_s": "to the pod Ready again (s)"},
+          f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_kube_app.py"),
+    Block(ROOT / "docs" / "kubernetes.md", "Kube load: ", ("Kube load: steady load through both deletions",),
+          {"runs_sent": "runs sent", "acknowledged": "acknowledged", "completed": "completed",
+           "rate_per_s": "runs/s", "llm_latency_s": "LLM latency (s)", "run_p50_s": "p50 (s)", "run_p95_s": "p95 (s)",
+           "llm_calls_repeated": "LLM calls repeated", **MACHINE},
+          f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_kube_app.py"),
 ]
 
 

@@ -56,7 +56,7 @@ def all_modules() -> list[str]:
 
 # Modules that must share a group: each starts the one Kubernetes node a machine can run (tools/kube/node.py),
 # so in two groups side by side the second would find the first one's node.
-TOGETHER = (("tests/test_kube_node.py", "tests/test_kube_dapr.py"),)
+TOGETHER = (("tests/test_kube_node.py", "tests/test_kube_dapr.py", "tests/test_kube_app.py"),)
 
 
 def dealt(modules: list[str], groups: int, times: dict[str, float]) -> list[Group]:

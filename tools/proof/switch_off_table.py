@@ -76,6 +76,16 @@ KUBE_NODE_CLAIM = ("runs its image on a real one-machine Kubernetes node (`make 
                    "the control plane, in a network namespace of its own), imported, never pulled")
 KUBE_DAPR_CLAIM = ("installs Dapr 1.18.2 on that node by its own Helm chart (`make kube-dapr`: HA, images built here, "
                    "never pulled); Dapr's injector adds a daprd sidecar that becomes Ready")
+KUBE_APP_CLAIM = ("runs on that node as docs/kubernetes.md says (the Secrets, `kubectl apply -f "
+                  "deploy/kubernetes/manifests/`, Dapr's injector): `POST /run` through a port-forward completes with "
+                  "the LLM's answer and the Secret's key, a publish starts a run, the traces reach Zipkin")
+KUBE_POD_CLAIM = ("on that node, an app pod deleted while its run waits on the LLM: the run completes on the pod that "
+                  "replaces it")
+KUBE_LOAD_CLAIM = ("on that node, a placement pod and a scheduler pod deleted under a steady load: every acknowledged "
+                   "run completes, and both pods come back")
+KUBE_APP_FILES = ("tools/kube/app.py", "tools/kube/node.py", "tools/kube/dapr.py", "docs/kubernetes.md", "Makefile",
+                  "deploy/kubernetes/node/llm-scripted.yaml", "deploy/kubernetes/node/host-volume.yaml",
+                  "deploy/kubernetes/node/dapr-node-values.yaml", "scripts/install-kube-image.sh")
 TOPIC_CLAIM = ("runs each published task once, even when its message is delivered again; dozens of published "
                "runs wait on the LLM at once")
 # dapr-agents' own way: every delivery of a message gets a fresh instance id, so a message delivered again
@@ -425,8 +435,8 @@ SWITCH_OFFS = [
                     '        component["auth"] = {"secretStore": "redis-secretstore"}\n',
                     '        password[0]["value"] = redis_password()\n'),),
               because=r"assert not \['agent-"),
-    SwitchOff("ships Kubernetes manifests and HA Helm values that a real kube-apiserver accepts (dry run only: "
-              "never run on a cluster)",
+    SwitchOff("ships Kubernetes manifests and HA Helm values that a real kube-apiserver accepts (a dry run: "
+              "no cluster needed)",
               "test_kubernetes.py::test_every_kubernetes_manifest_is_accepted_by_a_real_kube_apiserver_dry_run",
               "a field of the Deployment is misspelt (`containerPort` as `containerPrt`)",
               (Edit("deploy/kubernetes/manifests/durable-agent-service.yaml", "containerPort: 8001",
@@ -507,4 +517,23 @@ SWITCH_OFFS = [
               because=r"\['app'\] == \['app', 'daprd'\]",
               covers=("tools/kube/dapr.py", "tools/kube/node.py", "scripts/install-kube-dapr.sh", "scripts/lib.sh",
                       "deploy/kubernetes/dapr-values.yaml", "Makefile")),
+    SwitchOff(KUBE_APP_CLAIM,
+              "test_kube_app.py::test_post_run_through_a_port_forward_completes_with_the_scripted_llms_answer_and_the_secrets_key",
+              "the LLM's component holds a key written in its file instead of the Secret's",
+              (Edit("deploy/kubernetes/node/llm-scripted.yaml",
+                    "    - name: key\n      secretKeyRef:\n        name: openai\n        key: api-key\n",
+                    "    - name: key\n      value: sk-written-in-the-file\n"),),
+              because=r"Bearer sk-written-in-the-file", covers=KUBE_APP_FILES),
+    SwitchOff(KUBE_POD_CLAIM,
+              "test_kube_app.py::test_an_app_pod_deleted_while_its_run_waits_on_the_llm_completes_the_run_on_the_pod_that_replaces_it",
+              "the workflow state store (agent-workflow) is in the sidecar's memory, not in the demo Redis",
+              (Edit("deploy/kubernetes/manifests/agent-workflow.yaml", "  type: state.redis\n",
+                    "  type: state.in-memory\n"),),
+              because=r"to finish", covers=KUBE_APP_FILES),
+    SwitchOff(KUBE_LOAD_CLAIM,
+              "test_kube_app.py::test_a_placement_pod_and_a_scheduler_pod_deleted_under_steady_load_every_acknowledged_run_completes",
+              "the scheduler keeps its etcd data in memory (dapr_scheduler.cluster.inMemoryStorage), not on a volume",
+              (Edit("deploy/kubernetes/node/dapr-node-values.yaml", "  sidecarImagePullPolicy: Never\n",
+                    "  sidecarImagePullPolicy: Never\ndapr_scheduler:\n  cluster:\n    inMemoryStorage: true\n"),),
+              because=r"dapr-scheduler-server-0 Ready again", covers=KUBE_APP_FILES),
 ]
