@@ -233,7 +233,7 @@ def test_an_app_pod_deleted_while_its_run_waits_on_the_llm_completes_the_run_on_
     replacement = wait_for(lambda: app_pod(other_than=pod), "the Deployment's new app pod Ready", timeout_s=300)
     ready_at = time.monotonic()
     with port_forward(f"pod/{replacement}", 18001, 8001) as base:
-        final = wait_for(lambda: completed(base, instance_id), f"run {instance_id} to finish", timeout_s=300)
+        final = wait_for(lambda: completed(base, instance_id), f"run {instance_id} to finish", timeout_s=180)
     done_at = time.monotonic()
     script.close()
 
@@ -298,7 +298,7 @@ def test_a_placement_pod_and_a_scheduler_pod_deleted_under_steady_load_every_ack
             return found if ready(found) else None
 
         try:
-            replaced = wait_for(back, f"{fault['pod']} Ready again", timeout_s=300, interval_s=1)
+            replaced = wait_for(back, f"{fault['pod']} Ready again", timeout_s=180, interval_s=1)
         except BaseException:
             print(node.kubectl("-n", dapr.NAMESPACE, "logs", fault["pod"], "--tail=60").stdout)
             raise

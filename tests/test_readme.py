@@ -81,7 +81,7 @@ RUN_ELSEWHERE = {
 # Commands run here against the service, with `<instance id>` and sample ids replaced by a real run's id.
 RUN_HERE = [
     r"curl -i -X POST http://localhost:8001/run .*",
-    r"curl -s http://localhost:8001/run/\S+",
+    r"curl -s http://localhost:8001/run/(\S+|<instance id>)",
     r"curl -i -X POST http://localhost:3500/v1\.0/publish/agent-pubsub/assistant\.topic .*",
     r"make workflows",
     r"make history ID=<instance id>",
