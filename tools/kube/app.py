@@ -8,8 +8,8 @@ Redis claims (deploy/kubernetes/node/host-volume.yaml). `make kube-shell` opens 
 network namespace with `kubectl` and `helm` on its PATH, where the commands of docs/kubernetes.md run
 as they are typed; the processes it leaves (a `kubectl port-forward ... &`) end with it.
 
-The scripted LLM of the tests and of `make kube-demo` listens in that namespace too, at the endpoint
-of deploy/kubernetes/node/llm-scripted.yaml (scripted_llm_on_node).
+The scripted LLM listens in that namespace too, at the endpoint of deploy/kubernetes/node/llm-scripted.yaml
+(scripted_llm_on_node): in the tests' process while they run, in the shell's while it runs.
 
     python -m tools.kube.app load | shell [-c COMMANDS]
 """
@@ -193,10 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not node.node_ready():
                 raise node.NodeError("the node is not Ready: run `make kube-up` first")
-            if args.commands is None:
-                print("[kube] a shell in the node's network namespace; kubectl and helm reach the node; "
-                      "`exit` ends it and what it started")
-            result = shell(args.commands)
+            with contextlib.ExitStack() as llm:
+                try:  # the LLM deploy/kubernetes/node/llm-scripted.yaml names, for as long as the shell runs
+                    served = llm.enter_context(scripted_llm_on_node()).endpoint
+                except RuntimeError:  # another shell, or a test, serves it already
+                    served = f"{llm_endpoint()[0]}:{llm_endpoint()[1]}, served by another shell or a test"
+                if args.commands is None:
+                    print(f"[kube] a shell in the node's network namespace: kubectl and helm reach the node, the "
+                          f"scripted LLM answers at {served}; `exit` ends it and what it started")
+                result = shell(args.commands)
             if args.commands is not None:
                 sys.stdout.write(result.stdout)
                 sys.stderr.write(result.stderr)

@@ -304,16 +304,19 @@ BUILDS = {
     "build: the service's container image": "the service's container image",
     "build: the Kubernetes node": (f"kubectl kube-scheduler kube-controller-manager kubelet kube-proxy "
                                    f"{_PINS['KUBERNETES_VERSION']}, coredns {_PINS['COREDNS_VERSION']}"),
+    "build: Dapr for the node": (f"dapr operator injector sentry placement scheduler daprd "
+                                 f"{_PINS['DAPR_RUNTIME_VERSION']} for kubernetes"),
 }
 # The runtime's log is named after its folder: version and patch set (scripts/install-dapr.sh).
 BUILD_LOGS = {"build: the Dapr runtime": f"build-{settings.RUNTIME_PREFIX.name}-slim",
               "build: the Kubernetes check": f"build-kube-check-{_PINS['KUBERNETES_VERSION']}",
               "build: the service's container image": "build-kube-image",
-              "build: the Kubernetes node": f"build-kube-node-{_PINS['KUBERNETES_VERSION']}"}
+              "build: the Kubernetes node": f"build-kube-node-{_PINS['KUBERNETES_VERSION']}",
+              "build: Dapr for the node": f"build-kube-dapr-{_PINS['DAPR_RUNTIME_VERSION']}"}
 # The installers' step labels start with these, in their printed lines and in their records.
 STEP_PREFIX = {"build: the Dapr runtime": "runtime: ", "build: the Kubernetes check": "kubernetes check: ",
                "build: the service's container image": "container image: ",
-               "build: the Kubernetes node": "kubernetes node: "}
+               "build: the Kubernetes node": "kubernetes node: ", "build: Dapr for the node": "dapr for kubernetes: "}
 HOW_BUILDS = "python -m tools.proof.figures builds"
 
 
@@ -430,6 +433,7 @@ PASSAGES = [
     Passage(ROOT / "docs" / "kubernetes.md", "build: the Kubernetes check", render_build, HOW_BUILDS),
     Passage(ROOT / "docs" / "kubernetes.md", "build: the service's container image", render_build, HOW_BUILDS),
     Passage(ROOT / "docs" / "kubernetes.md", "build: the Kubernetes node", render_build, HOW_BUILDS),
+    Passage(ROOT / "docs" / "kubernetes.md", "build: Dapr for the node", render_build, HOW_BUILDS),
     Passage(ROOT / "docs" / "kubernetes.md", "sample: the Kubernetes check", render_sample,
             f"{WRITE_VARIABLE}=1 .venv/bin/python -m pytest tests/test_docs_figures.py -k kubernetes"),
     Passage(ROOT / "docs" / "doctor.md", "sample: make doctor on a fresh clone", render_sample, HOW_DOCTOR),
