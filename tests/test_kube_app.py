@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psutil
 import pytest
 
 from helpers import percentile, record_figure, wait_for
@@ -94,8 +93,7 @@ def deployed():
     finally:
         down = make("kube-down", timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
-        left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-                if str(node.STATE) in " ".join(p.info["cmdline"] or []) or "port-forward" in (p.info["cmdline"] or [])]
+        left = node.left_running()
         assert left == [], left
         assert not Path(f"/run/netns/{node.NETNS}").exists()
 

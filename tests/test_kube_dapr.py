@@ -12,7 +12,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 from helpers import wait_for
@@ -53,8 +52,7 @@ def dapr_on_node():
     finally:
         down = make("kube-down", timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
-        left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-                if str(node.STATE) in " ".join(p.info["cmdline"] or [])]
+        left = node.left_running()
         assert left == [], left
         assert not Path(f"/run/netns/{node.NETNS}").exists()
 
@@ -79,9 +77,7 @@ def test_daprs_injector_adds_a_ready_daprd_sidecar_to_an_annotated_pod(dapr_on_n
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "annotated", "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": "annotated"}},
            "spec": {"containers": [{"name": "app", "image": node.PAUSE_IMAGE, "imagePullPolicy": "Never"}]}}
-    result = subprocess.run(node.in_netns([str(node.NODE_BIN / "kubectl"), "--kubeconfig",
-                                           str(node.STATE / "admin.kubeconfig"), "apply", "-f", "-"]),
-                            input=json.dumps(pod), capture_output=True, text=True, timeout=60)
+    result = node.kubectl("apply", "-f", "-", input=json.dumps(pod))
     assert result.returncode == 0, result.stderr
 
     def annotated() -> dict | None:

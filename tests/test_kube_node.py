@@ -13,7 +13,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 from helpers import wait_for
@@ -36,8 +35,7 @@ def running_node():
     finally:
         down = make("kube-down", timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
-        left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-                if str(node.STATE) in " ".join(p.info["cmdline"] or [])]
+        left = node.left_running()
         assert left == [], left
         assert not Path(f"/run/netns/{node.NETNS}").exists()
 
@@ -67,9 +65,7 @@ def imported_image(running_node) -> str:
 
 
 def apply(obj: dict) -> None:
-    result = subprocess.run(node.in_netns([str(node.NODE_BIN / "kubectl"), "--kubeconfig",
-                                           str(node.STATE / "admin.kubeconfig"), "apply", "-f", "-"]),
-                            input=json.dumps(obj), capture_output=True, text=True, timeout=60)
+    result = node.kubectl("apply", "-f", "-", input=json.dumps(obj))
     assert result.returncode == 0, result.stderr
 
 

@@ -109,14 +109,6 @@ def load_image(source: str, *names: str) -> None:
             raise node.NodeError(f"ctr images tag {name}: {result.stderr.strip()}")
 
 
-def apply(manifest: str) -> None:
-    result = subprocess.run(node.in_netns([str(node.NODE_BIN / "kubectl"), "--kubeconfig",
-                                           str(node.STATE / "admin.kubeconfig"), "apply", "-f", "-"]),
-                            input=manifest, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise node.NodeError(f"kubectl apply: {result.stderr.strip()}")
-
-
 def load() -> None:
     from tools.proof import kube_image
 

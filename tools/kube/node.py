@@ -363,10 +363,7 @@ def deploy_dns() -> None:
     copy_into_containerd(COREDNS_IMAGE)
     manifest = (ROOT / "deploy/kubernetes/node/coredns.yaml").read_text()
     manifest = manifest.replace("image: IMAGE", f"image: {COREDNS_IMAGE}").replace("CLUSTER_DNS", CLUSTER_DNS)
-    result = subprocess.run(in_netns([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"),
-                                      "apply", "-f", "-"]), input=manifest, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise NodeError(f"kubectl apply of the DNS: {result.stderr.strip()}")
+    apply(manifest, "the DNS")
     status = kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
     if status.returncode != 0:
         raise NodeError(f"CoreDNS did not become ready: {status.stdout.strip()} {status.stderr.strip()}")
@@ -385,15 +382,27 @@ def host_volume(claim: str, namespace: str, uid: int, size: str) -> None:
     manifest = (ROOT / "deploy/kubernetes/node/host-volume.yaml").read_text()
     for key, value in {"NAME": name, "SIZE": size, "NAMESPACE": namespace, "CLAIM": claim, "PATH": str(folder)}.items():
         manifest = re.sub(rf"\b{key}$", value, manifest, flags=re.M)
-    result = subprocess.run(in_netns([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"),
-                                      "apply", "-f", "-"]), input=manifest, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise NodeError(f"kubectl apply of the volume {name}: {result.stderr.strip()}")
+    apply(manifest, f"the volume {name}")
 
 
 # --- up and down ----------------------------------------------------------------------------
-def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return run([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"), *args], timeout=timeout)
+def kubectl(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+    return run([str(NODE_BIN / "kubectl"), "--kubeconfig", str(STATE / "admin.kubeconfig"), *args], timeout=timeout,
+               input=input)
+
+
+def apply(manifest: str, what: str) -> None:
+    """`kubectl apply` of `manifest` (YAML or JSON text); `what` names it in the error."""
+    result = kubectl("apply", "-f", "-", input=manifest)
+    if result.returncode != 0:
+        raise NodeError(f"kubectl apply of {what}: {result.stderr.strip()}")
+
+
+def left_running() -> list[list[str]]:
+    """The command lines of what `make kube-down` should have stopped: processes that name the node's state
+    folder, and any `kubectl port-forward`."""
+    return [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if str(STATE) in " ".join(p.info["cmdline"] or []) or "port-forward" in (p.info["cmdline"] or [])]
 
 
 def http_ok(url: str) -> bool:
